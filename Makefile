@@ -1,0 +1,30 @@
+# Two commands a newcomer needs: `make run` (the main job) and `make test`.
+# Both create the virtualenv on first use from the pinned requirements.lock.
+# The venv is built from Debian's /usr/bin/python3 with system site packages
+# so that Debian's python3-libkdumpfile (used by the tests) is importable.
+SYSPY := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench venv clean golden
+
+$(STAMP): requirements.lock pyproject.toml
+	$(SYSPY) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/kdumpsim experiment experiments/dma_sweep.yaml --out results/dma_sweep
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,105 @@
+"""Every default value of the model, in one place, each with its source.
+
+"(assumption)" marks a value no source gave; the README's model section lists
+them. Config fields (kdumpsim.config) take their defaults from here and the
+model code never hard-codes a figure of its own.
+"""
+
+from __future__ import annotations
+
+from .units import GiB, KiB, MiB
+
+PAGE_SIZE = 4096  # x86 base page (arch/x86/include/asm/page_types.h PAGE_SHIFT 12)
+
+# --- Crash shutdown (arch/x86/kernel/reboot.c nmi_shootdown_cpus; 2005:
+# arch/i386/kernel/crash.c nmi_shootdown_cpus): the panicking CPU waits for the
+# others with `msecs = 1000; while (atomic_read(&waiting_for_crash_ipi) > 0 &&
+# msecs) { mdelay(1); msecs--; }`.
+NMI_SHOOTDOWN_TIMEOUT = "1000ms"
+NMI_SHOOTDOWN_POLL = "1ms"
+# NMI IPI delivery per APIC-bus hop: ~2-3 us on the P6 APIC bus (LKML 2001),
+# ~1-3 us on xAPIC/x2APIC (FACTS.md "Crash shutdown").
+APIC_BUS_LATENCY_2005 = "2us"
+APIC_BUS_LATENCY_MODERN = "1us"
+# Crossing between sockets (QPI/UPI hop) (assumption).
+SOCKET_LINK_LATENCY = "500ns"
+# crash_save_cpu + disable_local_APIC + halt in the NMI handler (assumption, FACTS.md).
+CRASH_SAVE_CPU = "5us"
+LAPIC_SHUTDOWN = "2us"      # (assumption)
+IOAPIC_DISABLE = "20us"     # clear_IO_APIC walks every pin (assumption)
+HPET_DISABLE = "2us"        # modern kernels only (assumption)
+MACHINE_KEXEC = "50us"      # control page setup, jump to purgatory (assumption)
+
+# --- Purgatory (kexec-tools purgatory/purgatory.c verify_sha256_digest;
+# purgatory/arch/i386/crashdump_backup.c).
+# ~270 MB/s measured for an -O2 purgatory (2022 patch, FACTS.md); purgatory was
+# built -O0 until 2016 (kexec-tools 0a7fba8): 2005-era rate (assumption: 5x slower).
+PURGATORY_SHA256_RATE_MODERN = "270MB/s"
+PURGATORY_SHA256_RATE_2005 = "54MB/s"
+PURGATORY_HASH_CHUNK = 64 * KiB   # granularity at which simulated RAM is read while hashing
+BACKUP_COPY_RATE = "1GB/s"        # memcpy in purgatory (assumption)
+BACKUP_SIZE_2005 = 640 * KiB      # first 640 KiB (paper 4.3)
+BACKUP_SIZE_2004 = 16 * MiB       # first 16 MB (paper 2.2)
+BACKUP_ALIGN = 1 * KiB            # kexec-tools load_crashdump_segments: align = 1024
+
+# --- Capture kernel (no measured figure found: assumption 10 s, FACTS.md).
+CAPTURE_BOOT = "10s"
+CAPTURE_DRIVER_INIT = "6s"        # when drivers probe, counted from the jump (assumption)
+CAPTURE_IOMMU_INIT = "3s"         # when the IOMMU driver comes up (assumption)
+VMCORE_INIT_AT = "9s"             # fs_initcall vmcore_init, from the jump (assumption)
+DUMP_START_DELAY = "2s"           # initramfs userspace until the copy starts (assumption)
+# Disk-bound copy of /proc/vmcore (assumption); reading it alone is ~50 GB/s with
+# mmap (Hatayama 2013: 2 TB in 40 s), the disk is the bottleneck.
+DUMP_THROUGHPUT_2005 = "50MB/s"
+DUMP_THROUGHPUT_MODERN = "500MB/s"
+
+# --- kexec load (kexec-tools kexec/arch/i386/crashdump-x86.c).
+ELFCOREHDR_MIN_MEMSZ = 16 * KiB   # "bloat the memsz of elf core header segment to 16K"
+ELFCOREHDR_ALIGN = 1 * KiB
+KEXEC_SEGMENT_MAX = 16            # include/uapi/linux/kexec.h
+MEMMAP_MIN_RANGE = 100 * KiB      # cmdline_add_memmap skips ranges < 100K (FACTS.md)
+# crashkernel=X automatic placement (arch/x86/kernel/setup.c reserve_crashkernel):
+CRASH_ALIGN = 16 * MiB            # CRASH_ALIGN SZ_16M
+CRASH_ADDR_LOW_MAX_X86_64 = 4 * GiB   # tried first (below 4G)
+CRASH_ADDR_HIGH_MAX_X86_64 = 64 * 1024 * GiB   # 64 TiB
+CRASH_ADDR_MAX_I386 = 512 * MiB
+KEXEC_LOAD_TIME = "-1s"           # kexec -p ran at boot; only "before the panic" matters
+
+# Capture kernel images (assumption, sizes typical of each era).
+CAPTURE_KERNEL_SIZE_2005 = 4 * MiB    # a 2.6.12 vmlinux
+CAPTURE_KERNEL_SIZE_MODERN = 12 * MiB  # a 6.x bzImage
+INITRD_SIZE_2005 = 2 * MiB
+INITRD_SIZE_MODERN = 28 * MiB          # kdump initramfs (FACTS.md: 28 MB initramfs)
+PURGATORY_SIZE = 16 * KiB
+PARAMS_SIZE = 16 * KiB                 # parameter block: zero page + command line (KT 2005: 16 KiB)
+CMDLINE_2005 = "root=/dev/sda1 maxcpus=1 init 1"          # paper section 5, step 6
+CMDLINE_MODERN = "irqpoll nr_cpus=1 reset_devices"         # distro kdump defaults (Fedora kdump.sysconfig)
+
+# --- First kernel layout.
+# crash_notes: 2005 static `note_buf_t crash_notes[NR_CPUS]`, 1 KiB each (paper 3.3);
+# modern: per-cpu buffer, size in /sys/devices/system/cpu/cpuN/crash_notes_size.
+CRASH_NOTE_BYTES = 1 * KiB
+# Modern note_buf_t: 2 note headers + "CORE" + elf_prstatus (include/linux/crash_core.h
+# CRASH_CORE_NOTE_BYTES), exported as crash_notes_size; docs/SOURCES.md §9.
+CRASH_NOTE_BYTES_MODERN = {"x86_64": 2 * 12 + 8 + 336, "i386": 2 * 12 + 8 + 144}
+KERNEL_PHYS_START_I386 = 1 * MiB       # i386 default load address (paper 3)
+KERNEL_PHYS_START_X86_64 = 16 * MiB    # CONFIG_PHYSICAL_START=0x1000000
+KERNEL_TEXT_SIZE_X86_64 = 32 * MiB     # kernel-text PT_LOAD size (assumption; 52 MiB in the 6.1 sample)
+PAGE_OFFSET = {  # direct map base (FACTS.md, "PT_LOAD p_vaddr")
+    ("i386", "2005"): 0xC000_0000,
+    ("i386", "modern"): 0xC000_0000,
+    ("x86_64", "2005"): 0xFFFF_8100_0000_0000,
+    ("x86_64", "modern"): 0xFFFF_8880_0000_0000,
+}
+I386_LOWMEM_LIMIT = 896 * MiB            # above this i386 has no direct-map vaddr
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000  # x86_64 __START_KERNEL_map
+OSRELEASE = {"2005": "2.6.13", "modern": "6.1.0-kdumpsim"}
+
+# --- Devices (FACTS.md "DMA after the crash").
+E1000_RX_DESCRIPTORS = 256   # e1000 default RX ring
+E1000_RX_BUFFER = 2 * KiB
+RX_DESCRIPTOR_BYTES = 16     # legacy RX descriptor (e1000 struct e1000_rx_desc)
+PCI_BANDWIDTH = "133MB/s"    # 32-bit 33 MHz PCI
+PCIE_X4_BANDWIDTH = "1GB/s"  # PCIe 1.0: 250 MB/s per lane
+PCI_LATENCY = "1us"          # bridge crossing (assumption)
+MEMORY_BANDWIDTH = "10GB/s"  # memory controller (assumption)

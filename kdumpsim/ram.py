@@ -1,0 +1,166 @@
+"""Simulated physical memory that remembers who wrote which bytes, and when.
+
+Memory is not stored: a page nobody wrote holds its *base* content, computed on
+demand (so a 1 TiB machine costs what a 1 GiB one does). The first kernel's
+pages hold a recognisable pattern: every 64-bit word is its own physical
+address XOR a per-run key; the crashkernel reservation and holes read as
+zero. Every write is kept as a per-page delta (time, offset, bytes, actor),
+so any page can be rebuilt as it was at any simulated instant: at the panic
+(the truth), when purgatory hashed it, or when the dump copy read it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .defaults import PAGE_SIZE
+
+PAGE_SHIFT = 12
+_WORDS_PER_PAGE = PAGE_SIZE // 8
+
+
+def pattern_bytes(addr: int, size: int, key: int) -> bytes:
+    """First-kernel base content of [addr, addr+size): u64 word at a is a ^ key (LE)."""
+    first = addr & ~7
+    last = (addr + size + 7) & ~7
+    words = np.arange(first, last, 8, dtype=np.uint64)
+    words ^= np.uint64(key)
+    raw = words.tobytes()
+    return raw[addr - first: addr - first + size]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    time: int
+    offset: int       # within the page
+    data: bytes
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRecord:
+    """One write as it happened (the RAM history the report and metrics use)."""
+    time: int
+    actor: str
+    addr: int
+    length: int
+
+
+class PhysicalMemory:
+    """Physical address space: System RAM ranges, zero-filled ranges, and the write history."""
+
+    def __init__(self, ram: list[tuple[int, int]], key: int, zero: Iterable[tuple[int, int]] = ()):
+        # ram / zero: half-open [start, end) ranges, sorted.
+        self.ram = sorted(ram)
+        self._ram_starts = [s for s, _ in self.ram]
+        self.zero = sorted(zero)
+        self.key = key & 0xFFFF_FFFF_FFFF_FFFF
+        self.deltas: dict[int, list[Delta]] = {}
+        self.log: list[WriteRecord] = []
+        self._touched_sorted: list[int] | None = None
+
+    # ------------------------------------------------------------ layout
+    def is_ram(self, addr: int, size: int = 1) -> bool:
+        i = bisect.bisect_right(self._ram_starts, addr) - 1
+        return i >= 0 and addr + size <= self.ram[i][1]
+
+    def _is_zero_page(self, pfn: int) -> bool:
+        addr = pfn << PAGE_SHIFT
+        if not self.is_ram(addr, PAGE_SIZE):
+            return True
+        return any(s <= addr < e for s, e in self.zero)
+
+    def base_page(self, pfn: int) -> bytes:
+        if self._is_zero_page(pfn):
+            return bytes(PAGE_SIZE)
+        return pattern_bytes(pfn << PAGE_SHIFT, PAGE_SIZE, self.key)
+
+    # ------------------------------------------------------------ writes
+    def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:
+        """Record `data` landing at `addr` at simulated `time` (ns) from `actor`."""
+        data = bytes(data)
+        self.log.append(WriteRecord(time, actor, addr, len(data)))
+        pos, end = 0, len(data)
+        while pos < end:
+            a = addr + pos
+            pfn, off = a >> PAGE_SHIFT, a & (PAGE_SIZE - 1)
+            n = min(PAGE_SIZE - off, end - pos)
+            page_deltas = self.deltas.get(pfn)
+            if page_deltas is None:
+                self.deltas[pfn] = page_deltas = []
+                self._touched_sorted = None
+            page_deltas.append(Delta(time, off, data[pos:pos + n], actor))
+            pos += n
+
+    # ------------------------------------------------------------ reads
+    def page(self, pfn: int, time: int | None = None,
+             keep: Callable[[Delta], bool] | None = None) -> bytes:
+        """Page `pfn` as it was at `time` (None: after every write), optionally
+        applying only the deltas `keep` accepts."""
+        deltas = self.deltas.get(pfn)
+        if not deltas:
+            return self.base_page(pfn)
+        chosen = [d for d in deltas if (time is None or d.time <= time) and (keep is None or keep(d))]
+        if not chosen:
+            return self.base_page(pfn)
+        # Start from the last full-page write, if any: nothing before it shows.
+        start = 0
+        for i in range(len(chosen) - 1, -1, -1):
+            if chosen[i].offset == 0 and len(chosen[i].data) == PAGE_SIZE:
+                start = i
+                break
+        if start == 0 and not (chosen[0].offset == 0 and len(chosen[0].data) == PAGE_SIZE):
+            buf = bytearray(self.base_page(pfn))
+        else:
+            buf = bytearray(chosen[start].data)
+            start += 1
+        for d in chosen[start:]:
+            buf[d.offset:d.offset + len(d.data)] = d.data
+        return bytes(buf)
+
+    def read(self, addr: int, size: int, time: int | None = None) -> bytes:
+        """Bytes [addr, addr+size) as they were at `time`."""
+        return b"".join(self.iter_read(addr, size, time))
+
+    def iter_read(self, addr: int, size: int, time: int | None = None) -> Iterator[bytes]:
+        end = addr + size
+        while addr < end:
+            pfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
+            n = min(PAGE_SIZE - off, end - addr)
+            page = self.page(pfn, time)
+            yield page if (off == 0 and n == PAGE_SIZE) else page[off:off + n]
+            addr += n
+
+    def iter_read_base(self, addr: int, size: int) -> Iterator[bytes]:
+        """Like iter_read, but the content before any write."""
+        end = addr + size
+        while addr < end:
+            pfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
+            n = min(PAGE_SIZE - off, end - addr)
+            yield self.base_page(pfn)[off:off + n]
+            addr += n
+
+    def touched_pfns(self) -> list[int]:
+        """Sorted frame numbers of every page something wrote."""
+        if self._touched_sorted is None:
+            self._touched_sorted = sorted(self.deltas)
+        return self._touched_sorted
+
+    def touched_in(self, start: int, end: int) -> list[int]:
+        """Written pages in [start, end) bytes, sorted."""
+        pfns = self.touched_pfns()
+        lo = bisect.bisect_left(pfns, start >> PAGE_SHIFT)
+        hi = bisect.bisect_left(pfns, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        return pfns[lo:hi]
+
+    def writes_in(self, start: int, end: int, since: int | None = None,
+                  actors: set[str] | None = None) -> list[WriteRecord]:
+        """Logged writes overlapping [start, end), optionally after `since` and by `actors`."""
+        return [w for w in self.log
+                if w.addr < end and w.addr + w.length > start
+                and (since is None or w.time > since)
+                and (actors is None or w.actor in actors)]

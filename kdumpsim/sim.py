@@ -1,0 +1,124 @@
+"""One simulated crash, end to end: kexec load, panic, NMI shootdown,
+purgatory, capture kernel, dump copy — with DMA engines writing throughout.
+
+    run = simulate(model, seed)      # a CrashRun, finished
+    run.outcome, run.metrics, run.trace
+
+Simulated time is integer nanoseconds; 0 is the panic; kexec -p happened
+at boot (-1 s in the trace).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+import simpy
+
+from .config import ModelConfig, TimingSpec
+from .cpu import CpuState, machine_crash_shutdown, make_cpus
+from .dma import ENGINES, DmaEngine, make_engines
+from .kexec import KEXEC_LOAD_TIME, KexecImage, kexec_load
+from .machine import Machine
+from .procvmcore import VmcoreLayout
+from .purgatory import purgatory, relocate_2004
+from .trace import Trace
+from . import vmcoreinfo
+
+OUTCOMES = {
+    "ok": "the dump was captured and every dumped page equals RAM at the panic",
+    "ok_dump_corrupted": "the dump was captured but DMA changed some dumped pages after the panic",
+    "cpu_state_missing": "the dump was captured without the registers of a CPU that never answered the NMI",
+    "vmcore_unavailable": "the capture kernel found the ELF core headers corrupt: /proc/vmcore has size 0",
+    "capture_kernel_corrupted": "DMA changed the capture kernel, initrd or boot parameters after purgatory "
+                                "checked them (silent: the capture kernel cannot be trusted, no dump)",
+    "purgatory_mismatch": "purgatory's sha256 check failed: the machine hangs in purgatory (detected, no dump)",
+}
+
+
+@dataclass
+class CrashRun:
+    machine: Machine
+    env: simpy.Environment
+    trace: Trace
+    image: KexecImage = None  # type: ignore[assignment]
+    cpus: list[CpuState] = field(default_factory=list)
+    engines: list[DmaEngine] = field(default_factory=list)
+    phase: dict[str, int] = field(default_factory=dict)
+    waiting_for_crash_ipi: int = 0
+    purgatory_result: str | None = None           # ok | mismatch | skipped | none (2004)
+    hash_times: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    iommu_mode: str = "first_kernel"
+    vmcore: VmcoreLayout | None = None
+    vmcore_error: str | None = None
+    copy: Any = None                               # capture.VmcoreCopy once the dump copy starts
+    capture_corrupted: dict[str, int] = field(default_factory=dict)
+    outcome: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _regions: list[tuple[int, int, str]] = field(default_factory=list)
+    _region_starts: list[int] = field(default_factory=list)
+
+    @property
+    def timing(self) -> TimingSpec:
+        return self.machine.cfg.timing
+
+    @property
+    def device_names(self) -> set[str]:
+        return {d.name for d in self.machine.cfg.devices}
+
+    @property
+    def seed(self) -> int:
+        return self.machine.seed
+
+    def region_of(self, addr: int) -> str:
+        """Which part of the capture path an address belongs to (for DMA hits)."""
+        i = bisect.bisect_right(self._region_starts, addr) - 1
+        if i >= 0 and addr < self._regions[i][1]:
+            return self._regions[i][2]
+        r = self.machine.reservation
+        if r.start <= addr < r.end:
+            return "reservation_free"
+        return "first_kernel_ram"
+
+    def _index_regions(self) -> None:
+        regions = [(s.start, s.end, s.name) for s in self.image.segments]
+        regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
+        if self.machine.vmcoreinfo_addr is not None:
+            regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
+        self._regions = sorted(regions)
+        self._region_starts = [r[0] for r in self._regions]
+
+
+def simulate(cfg: ModelConfig, seed: int = 0) -> CrashRun:
+    """Run one crash of `cfg` with `seed`; deterministic for the same pair."""
+    env = simpy.Environment(initial_time=KEXEC_LOAD_TIME)
+    run = CrashRun(Machine(cfg, seed), env, Trace())
+    m = run.machine
+    vmcoreinfo.save_at_boot(m, env.now)
+    run.image = kexec_load(m)
+    run.trace(env.now, "kexec", "kexec_load", reservation=[m.reservation.start, m.reservation.end],
+              segments=len(run.image.segments), cmdline=run.image.cmdline)
+    run._index_regions()
+    run.cpus = make_cpus(run)
+    run.engines = make_engines(run)
+    for eng in run.engines:
+        env.process(ENGINES[eng.spec.kind](run, eng))
+    done = env.process(crash_path(run))
+    env.run(until=done)
+    from .metrics import finish
+    finish(run)
+    return run
+
+
+def crash_path(run: CrashRun) -> Generator:
+    env = run.env
+    yield env.timeout(0 - env.now)
+    yield from machine_crash_shutdown(run)
+    step = relocate_2004 if run.machine.cfg.design == "2004" else purgatory
+    reached_kernel = yield from step(run)
+    if not reached_kernel:
+        run.phase["hang"] = env.now
+        return
+    from .capture import capture_kernel
+    yield from capture_kernel(run)
