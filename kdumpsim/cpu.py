@@ -20,6 +20,7 @@ from . import defaults as D
 from . import elf
 
 if TYPE_CHECKING:
+    from .machine import Machine
     from .sim import CrashRun
 
 
@@ -98,6 +99,13 @@ def _regs_i386(run: CrashRun, rng: random.Random, panicking: bool, busy: bool) -
         names[11]: 0 if panicking else 0xFFFF_FFFF,                # orig_eax
     })
     return regs
+
+
+def crash_notes_memory_init(m: Machine, time: int) -> None:
+    """At boot the note buffers are zeroed (static .bss array in 2005, a zeroed
+    per-cpu allocation today): a CPU that never saves leaves an empty note."""
+    for addr in m.crash_notes:
+        m.memory.write(addr, bytes(m.crash_note_size), time, "kernel")
 
 
 def crash_save_cpu(run: CrashRun, cpu: CpuState) -> None:

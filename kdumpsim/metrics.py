@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
+
 from . import defaults as D
+from .kexec import KEXEC_LOAD_TIME
 from .ram import PAGE_SHIFT, Delta
 
 if TYPE_CHECKING:
@@ -34,7 +37,8 @@ def truth_page(run: CrashRun, pfn: int) -> bytes:
 def _diff_bytes(a: bytes, b: bytes) -> int:
     if a == b:
         return 0
-    return sum(x != y for x, y in zip(a, b))
+    n = min(len(a), len(b))
+    return int(np.count_nonzero(np.frombuffer(a, np.uint8, n) != np.frombuffer(b, np.uint8, n)))
 
 
 class Tally:
@@ -72,7 +76,10 @@ def segment_corruption(run: CrashRun, name: str, at: int) -> Tally:
     if seg is None:
         return tally
     mem = run.machine.memory
+    relocated = seg.sources is not None   # 2004: DMA into a source page arrives via the copy
     for pfn in mem.touched_in(seg.start, seg.end):
+        if not relocated and not _device_deltas(run, pfn, KEXEC_LOAD_TIME, at):
+            continue      # only devices write into a loaded segment
         page_start = pfn << PAGE_SHIFT
         lo, hi = max(seg.start, page_start), min(seg.end, page_start + PAGE)
         expected = seg.data[lo - seg.start: hi - seg.start]

@@ -17,7 +17,7 @@ from typing import Any, Generator
 import simpy
 
 from .config import ModelConfig, TimingSpec
-from .cpu import CpuState, machine_crash_shutdown, make_cpus
+from .cpu import CpuState, crash_notes_memory_init, machine_crash_shutdown, make_cpus
 from .dma import ENGINES, DmaEngine, make_engines
 from .kexec import KEXEC_LOAD_TIME, KexecImage, kexec_load
 from .machine import Machine
@@ -95,6 +95,7 @@ def simulate(cfg: ModelConfig, seed: int = 0) -> CrashRun:
     env = simpy.Environment(initial_time=KEXEC_LOAD_TIME)
     run = CrashRun(Machine(cfg, seed), env, Trace())
     m = run.machine
+    crash_notes_memory_init(m, env.now)
     vmcoreinfo.save_at_boot(m, env.now)
     run.image = kexec_load(m)
     run.trace(env.now, "kexec", "kexec_load", reservation=[m.reservation.start, m.reservation.end],
