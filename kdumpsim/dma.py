@@ -146,7 +146,7 @@ def dma_write(run: CrashRun, eng: DmaEngine, buf: Buffer, offset: int, data: byt
     m.memory.write(addr, data, env.now, eng.name)
     eng.writes += 1
     eng.bytes_written += len(data)
-    run.trace(env.now, eng.name, "dma_write", addr=addr, bytes=len(data))
+    run.trace(env.now, eng.name, "dma_write", addr=addr, bytes=len(data), region=run.region_of(addr))
 
 
 def _active(run: CrashRun, eng: DmaEngine) -> bool:
