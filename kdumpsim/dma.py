@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Generator
 from . import defaults as D
 from .config import CyclicDma, DeviceBase, NicRxRing, StorageController
 from .machine import LayoutError
-from .ranges import FreeRanges
+from .ranges import RandomPlacer
 from .units import NS_PER_S, transfer_ns
 
 if TYPE_CHECKING:
@@ -91,25 +91,24 @@ def _ring_size(spec: DeviceBase) -> int:
     return 0
 
 
-def _placement_space(run: CrashRun, index: int, spec: DeviceBase) -> FreeRanges:
+def _placement_space(run: CrashRun, index: int, spec: DeviceBase) -> RandomPlacer:
     m, p = run.machine, spec.placement
     if p.mode == "random":
-        return m.first_kernel_free      # buffers come from the page allocator
+        return m.page_pool      # buffers come from the page allocator
     if p.mode == "reservation":
-        return FreeRanges([(m.reservation.start, m.reservation.end)])
-    space = FreeRanges([(max(s, p.start), min(e, p.end)) for s, e in m.ram_ranges if s < p.end and e > p.start])
-    if not space.ranges:
+        return RandomPlacer([(m.reservation.start, m.reservation.end)], m.taken)
+    space = [(max(s, p.start), min(e, p.end)) for s, e in m.ram_ranges if s < p.end and e > p.start]
+    if not space:
         raise LayoutError(f"devices.{index}.placement", f"no System RAM in {p.start:#x}-{p.end:#x}")
-    return space
+    return RandomPlacer(space, m.taken)
 
 
-def _alloc(run: CrashRun, index: int, free: FreeRanges, size: int, rng: random.Random,
+def _alloc(run: CrashRun, index: int, free: RandomPlacer, size: int, rng: random.Random,
            iova_next: dict | None) -> Buffer:
     align = min(D.PAGE_SIZE, 1 << max(0, (size - 1).bit_length()))
-    addr = free.random_address(rng, size, align)
+    addr = free.place(rng, size, align)
     if addr is None:
         raise LayoutError(f"devices.{index}.placement", f"no room for a {size}-byte DMA buffer")
-    free.remove(addr, addr + size)
     iova = addr
     if iova_next is not None and run.machine.cfg.topology.buses and _behind_iommu(run, index):
         iova_next["next"] -= -(-size // D.PAGE_SIZE) * D.PAGE_SIZE

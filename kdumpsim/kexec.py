@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import defaults as D
 from . import elf
-from .ranges import FreeRanges, align_up, overlaps
+from .ranges import FreeRanges, RandomPlacer, align_up
 from .units import KiB, MiB, fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -245,8 +245,9 @@ def _layout_2004(machine: Machine) -> KexecImage:
     rng = machine.rng("kexec-2004-pages")
     low = FreeRanges([(0, D.BACKUP_SIZE_2004)])
     # Source pages never sit in a destination (kimage_alloc_page avoids them).
-    pool = FreeRanges(list(machine.first_kernel_free.ranges))
-    pool.remove(0, D.BACKUP_SIZE_2004)
+    clipped = FreeRanges(list(machine.first_kernel_free.ranges))
+    clipped.remove(0, D.BACKUP_SIZE_2004)
+    pool = RandomPlacer(clipped.ranges, machine.taken)
     segs: list[Segment] = []
 
     def add(name: str, data: bytes, dest: int) -> None:
@@ -267,13 +268,11 @@ def _layout_2004(machine: Machine) -> KexecImage:
     return KexecImage(segs, cmdline, 1 * MiB, None, 0, (0, D.BACKUP_SIZE_2004), res.start, None, [])
 
 
-def _grab_page(machine: Machine, pool: FreeRanges, rng: random.Random) -> int:
+def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
     """A free page of the first kernel, 'wherever it can grab a page frame' (paper 2.3)."""
-    addr = pool.random_address(rng, D.PAGE_SIZE, D.PAGE_SIZE)
+    addr = pool.place(rng, D.PAGE_SIZE, D.PAGE_SIZE)
     if addr is None:
         _too_small(machine, "first-kernel RAM", D.PAGE_SIZE)
-    pool.remove(addr, addr + D.PAGE_SIZE)
-    machine.first_kernel_free.remove(addr, addr + D.PAGE_SIZE)
     return addr
 
 

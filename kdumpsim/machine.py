@@ -3,6 +3,7 @@ the crashkernel reservation, and the topology. Built once per run."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from . import defaults as D
 from .config import ModelConfig
 from .ram import PhysicalMemory
-from .ranges import FreeRanges, overlaps
+from .ranges import FreeRanges, RandomPlacer, Taken, overlaps
 from .topology import Topology
 from .units import MiB, fmt_size
 
@@ -63,6 +64,7 @@ class Machine:
         self.topology = Topology(cfg)
         self.ram_ranges = [(r.start, r.end + 1) for r in cfg.memory.iomem if r.type == "System RAM"]
         self.page_offset = D.PAGE_OFFSET[(self.arch, self.era)]
+        self._node_starts = self._split_nodes()
         start = D.KERNEL_PHYS_START_X86_64 if self.arch == "x86_64" else D.KERNEL_PHYS_START_I386
         size = D.KERNEL_TEXT_SIZE_X86_64 if self.arch == "x86_64" else 4 * MiB
         self.kernel_image = (start, start + size)
@@ -75,6 +77,9 @@ class Machine:
         self.first_kernel_free.remove(*self.kernel_image)
         self.first_kernel_free.remove(self.reservation.start, self.reservation.end)
         self._place_crash_notes()
+        # Later, scattered allocations (2004 kexec pages, DMA buffers) share one record of what is taken.
+        self.taken = Taken()
+        self.page_pool = RandomPlacer(self.first_kernel_free.ranges, self.taken)
         self.memory = PhysicalMemory(self.ram_ranges, derive_seed(self.seed, "ram"),
                                      zero=[(self.reservation.start, self.reservation.end)])
 
@@ -94,11 +99,17 @@ class Machine:
 
     def node_of(self, addr: int) -> int:
         """Memory node of a physical address: RAM split evenly by address order."""
-        nodes = self.cfg.memory.numa_nodes
-        if nodes == 1:
-            return 0
-        before = sum(min(e, addr) - s for s, e in self.ram_ranges if s < addr)
-        return min(nodes - 1, before * nodes // max(1, self.ram_total))
+        return bisect.bisect_right(self._node_starts, addr) - 1 if self._node_starts else 0
+
+    def _split_nodes(self) -> list[int]:
+        """First address of each memory node after node 0 (equal shares of RAM)."""
+        nodes, share = self.cfg.memory.numa_nodes, self.ram_total // self.cfg.memory.numa_nodes
+        starts, seen = [0], 0
+        for s, e in self.ram_ranges:
+            while len(starts) < nodes and seen + (e - s) > share * len(starts):
+                starts.append(s + share * len(starts) - seen)
+            seen += e - s
+        return starts if nodes > 1 else []
 
     def direct_map(self, paddr: int) -> int | None:
         """Kernel virtual address of a physical one in the direct map (None for

@@ -37,8 +37,14 @@ def pattern_bytes(addr: int, size: int, key: int) -> bytes:
 class Delta:
     time: int
     offset: int       # within the page
-    data: bytes
+    data: memoryview  # a zero-copy slice of the write's bytes: src[src_off:src_off+len]
     actor: str
+    src: bytes
+    src_off: int
+
+    @property
+    def full(self) -> bool:
+        return self.offset == 0 and len(self.data) == PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,7 @@ class PhysicalMemory:
     def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:
         """Record `data` landing at `addr` at simulated `time` (ns) from `actor`."""
         data = bytes(data)
+        view = memoryview(data)
         self.log.append(WriteRecord(time, actor, addr, len(data)))
         pos, end = 0, len(data)
         while pos < end:
@@ -93,28 +100,26 @@ class PhysicalMemory:
             if page_deltas is None:
                 self.deltas[pfn] = page_deltas = []
                 self._touched_sorted = None
-            page_deltas.append(Delta(time, off, data[pos:pos + n], actor))
+            page_deltas.append(Delta(time, off, view[pos:pos + n], actor, data, pos))
             pos += n
 
     # ------------------------------------------------------------ reads
     def page(self, pfn: int, time: int | None = None,
-             keep: Callable[[Delta], bool] | None = None) -> bytes:
+             keep: Callable[[Delta], bool] | None = None) -> bytes | memoryview:
         """Page `pfn` as it was at `time` (None: after every write), optionally
-        applying only the deltas `keep` accepts."""
+        applying only the deltas `keep` accepts. Read-only: may be a view."""
         deltas = self.deltas.get(pfn)
         if not deltas:
             return self.base_page(pfn)
         chosen = [d for d in deltas if (time is None or d.time <= time) and (keep is None or keep(d))]
         if not chosen:
             return self.base_page(pfn)
+        if chosen[-1].full:
+            return chosen[-1].data
         # Start from the last full-page write, if any: nothing before it shows.
-        start = 0
-        for i in range(len(chosen) - 1, -1, -1):
-            if chosen[i].offset == 0 and len(chosen[i].data) == PAGE_SIZE:
-                start = i
-                break
-        if start == 0 and not (chosen[0].offset == 0 and len(chosen[0].data) == PAGE_SIZE):
-            buf = bytearray(self.base_page(pfn))
+        start = next((i for i in range(len(chosen) - 1, -1, -1) if chosen[i].full), None)
+        if start is None:
+            buf, start = bytearray(self.base_page(pfn)), 0
         else:
             buf = bytearray(chosen[start].data)
             start += 1
@@ -126,14 +131,36 @@ class PhysicalMemory:
         """Bytes [addr, addr+size) as they were at `time`."""
         return b"".join(self.iter_read(addr, size, time))
 
-    def iter_read(self, addr: int, size: int, time: int | None = None) -> Iterator[bytes]:
+    def _visible_full(self, pfn: int, time: int | None) -> Delta | None:
+        """The full-page write that alone makes up page `pfn` at `time`, if any."""
+        for d in reversed(self.deltas.get(pfn, ())):
+            if time is None or d.time <= time:
+                return d if d.full else None
+        return None
+
+    def iter_read(self, addr: int, size: int, time: int | None = None) -> Iterator[bytes | memoryview]:
+        """The bytes in pieces; consecutive pages that are one earlier write
+        (a loaded kexec segment) come back as a single zero-copy view."""
         end = addr + size
+        src, lo, hi = None, 0, 0          # the pending zero-copy run
         while addr < end:
             pfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
             n = min(PAGE_SIZE - off, end - addr)
-            page = self.page(pfn, time)
-            yield page if (off == 0 and n == PAGE_SIZE) else page[off:off + n]
+            d = self._visible_full(pfn, time)
+            if d is not None and d.src is src and d.src_off + off == hi:
+                hi += n
+            else:
+                if src is not None:
+                    yield memoryview(src)[lo:hi]
+                    src = None
+                if d is not None:
+                    src, lo, hi = d.src, d.src_off + off, d.src_off + off + n
+                else:
+                    page = self.page(pfn, time)
+                    yield page if (off == 0 and n == PAGE_SIZE) else page[off:off + n]
             addr += n
+        if src is not None:
+            yield memoryview(src)[lo:hi]
 
     def iter_read_base(self, addr: int, size: int) -> Iterator[bytes]:
         """Like iter_read, but the content before any write."""

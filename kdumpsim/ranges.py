@@ -3,6 +3,7 @@ kexec segments in the reservation and first-kernel structures in RAM."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
 
@@ -62,17 +63,51 @@ class FreeRanges:
     def total(self) -> int:
         return sum(e - s for s, e in self.ranges)
 
-    def random_address(self, rng: random.Random, size: int, align: int) -> int | None:
-        """A uniformly chosen `align`-aligned address where `size` bytes fit (not removed)."""
-        slots = [(align_up(s, align), (e - size) // align * align) for s, e in self.ranges]
-        slots = [(a, b) for a, b in slots if b >= a]
-        counts = [(b - a) // align + 1 for a, b in slots]
-        total = sum(counts)
-        if total == 0:
-            return None
-        k = rng.randrange(total)
-        for (a, _), n in zip(slots, counts):
-            if k < n:
-                return a + k * align
-            k -= n
-        raise AssertionError("unreachable")
+
+class Taken:
+    """Allocated [start, end) ranges, sorted, shared by every RandomPlacer of a machine."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def free(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start)
+        if i and self.ends[i - 1] > start:
+            return False
+        return i == len(self.starts) or self.starts[i] >= end
+
+    def add(self, start: int, end: int) -> None:
+        i = bisect.bisect_right(self.starts, start)
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
+
+
+class RandomPlacer:
+    """Uniformly random, non-overlapping placements in a fixed set of ranges:
+    like the page allocator handing out scattered pages. O(log n) per pick
+    (prefix sums + bisect, retry on a collision), so thousands of buffers
+    cost nothing however fragmented memory gets."""
+
+    def __init__(self, ranges: list[tuple[int, int]], taken: Taken):
+        self.ranges = [(s, e) for s, e in sorted(ranges) if e > s]
+        self.taken = taken
+        self.cum: list[int] = []
+        total = 0
+        for s, e in self.ranges:
+            total += e - s
+            self.cum.append(total)
+
+    def place(self, rng: random.Random, size: int, align: int, tries: int = 64) -> int | None:
+        total = self.cum[-1] if self.cum else 0
+        for _ in range(tries if total else 0):
+            k = rng.randrange(total)
+            i = bisect.bisect_right(self.cum, k)
+            s, e = self.ranges[i]
+            addr = align_down(s + k - (self.cum[i] - (e - s)), align)
+            if addr < s:
+                addr = align_up(s, align)
+            if addr + size <= e and self.taken.free(addr, addr + size):
+                self.taken.add(addr, addr + size)
+                return addr
+        return None

@@ -63,9 +63,7 @@ class CrashRun:
     def timing(self) -> TimingSpec:
         return self.machine.cfg.timing
 
-    @property
-    def device_names(self) -> set[str]:
-        return {d.name for d in self.machine.cfg.devices}
+    device_names: set[str] = field(default_factory=set)
 
     @property
     def seed(self) -> int:
@@ -93,7 +91,7 @@ class CrashRun:
 def simulate(cfg: ModelConfig, seed: int = 0) -> CrashRun:
     """Run one crash of `cfg` with `seed`; deterministic for the same pair."""
     env = simpy.Environment(initial_time=KEXEC_LOAD_TIME)
-    run = CrashRun(Machine(cfg, seed), env, Trace())
+    run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
     m = run.machine
     crash_notes_memory_init(m, env.now)
     vmcoreinfo.save_at_boot(m, env.now)
