@@ -36,7 +36,7 @@ MACHINE_KEXEC = "50us"      # control page setup, jump to purgatory (assumption)
 # built -O0 until 2016 (kexec-tools 0a7fba8): 2005-era rate (assumption: 5x slower).
 PURGATORY_SHA256_RATE_MODERN = "270MB/s"
 PURGATORY_SHA256_RATE_2005 = "54MB/s"
-PURGATORY_HASH_CHUNK = 64 * KiB   # granularity at which simulated RAM is read while hashing
+PURGATORY_HASH_CHUNK = 256 * KiB  # RAM is read per 256 KiB (~1 ms at 270 MB/s) while hashing
 BACKUP_COPY_RATE = "1GB/s"        # memcpy in purgatory (assumption)
 BACKUP_SIZE_2005 = 640 * KiB      # first 640 KiB (paper 4.3)
 BACKUP_SIZE_2004 = 16 * MiB       # first 16 MB (paper 2.2)

@@ -33,7 +33,7 @@ def pattern_bytes(addr: int, size: int, key: int) -> bytes:
     return raw[addr - first: addr - first + size]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delta:
     time: int
     offset: int       # within the page
@@ -41,6 +41,7 @@ class Delta:
     actor: str
     src: bytes
     src_off: int
+    seq: int          # which write (index in the log) this is part of
 
     @property
     def full(self) -> bool:
@@ -90,6 +91,7 @@ class PhysicalMemory:
         """Record `data` landing at `addr` at simulated `time` (ns) from `actor`."""
         data = bytes(data)
         view = memoryview(data)
+        seq = len(self.log)
         self.log.append(WriteRecord(time, actor, addr, len(data)))
         pos, end = 0, len(data)
         while pos < end:
@@ -100,7 +102,7 @@ class PhysicalMemory:
             if page_deltas is None:
                 self.deltas[pfn] = page_deltas = []
                 self._touched_sorted = None
-            page_deltas.append(Delta(time, off, view[pos:pos + n], actor, data, pos))
+            page_deltas.append(Delta(time, off, view[pos:pos + n], actor, data, pos, seq))
             pos += n
 
     # ------------------------------------------------------------ reads
@@ -131,6 +133,23 @@ class PhysicalMemory:
         """Bytes [addr, addr+size) as they were at `time`."""
         return b"".join(self.iter_read(addr, size, time))
 
+    def _one_write(self, addr: int, size: int, time: int | None) -> memoryview | None:
+        """Fast path: [addr, addr+size) is, page for page, one earlier write and
+        nothing since (a loaded segment as purgatory hashes it)."""
+        if addr & (PAGE_SIZE - 1) or size & (PAGE_SIZE - 1) or not size:
+            return None
+        first, n = addr >> PAGE_SHIFT, size >> PAGE_SHIFT
+        lists = [self.deltas.get(p) for p in range(first, first + n)]
+        if None in lists or sum(map(len, lists)) != n:
+            return None           # a page nobody wrote, or one written more than once
+        d0, d1 = lists[0][0], lists[-1][0]
+        # One write is contiguous: if the first and last pages hold consecutive
+        # parts of the same write, every page between holds its part too.
+        if d0.seq != d1.seq or d1.src_off - d0.src_off != size - PAGE_SIZE \
+                or not (d0.full and d1.full) or (time is not None and d0.time > time):
+            return None
+        return memoryview(d0.src)[d0.src_off:d0.src_off + size]
+
     def _visible_full(self, pfn: int, time: int | None) -> Delta | None:
         """The full-page write that alone makes up page `pfn` at `time`, if any."""
         for d in reversed(self.deltas.get(pfn, ())):
@@ -141,20 +160,24 @@ class PhysicalMemory:
     def iter_read(self, addr: int, size: int, time: int | None = None) -> Iterator[bytes | memoryview]:
         """The bytes in pieces; consecutive pages that are one earlier write
         (a loaded kexec segment) come back as a single zero-copy view."""
+        whole = self._one_write(addr, size, time)
+        if whole is not None:
+            yield whole
+            return
         end = addr + size
-        src, lo, hi = None, 0, 0          # the pending zero-copy run
+        src, seq, lo, hi = None, -1, 0, 0          # the pending zero-copy run
         while addr < end:
             pfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
             n = min(PAGE_SIZE - off, end - addr)
             d = self._visible_full(pfn, time)
-            if d is not None and d.src is src and d.src_off + off == hi:
+            if d is not None and d.seq == seq and d.src_off + off == hi:
                 hi += n
             else:
                 if src is not None:
                     yield memoryview(src)[lo:hi]
                     src = None
                 if d is not None:
-                    src, lo, hi = d.src, d.src_off + off, d.src_off + off + n
+                    src, seq, lo, hi = d.src, d.seq, d.src_off + off, d.src_off + off + n
                 else:
                     page = self.page(pfn, time)
                     yield page if (off == 0 and n == PAGE_SIZE) else page[off:off + n]

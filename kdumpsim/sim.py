@@ -88,9 +88,10 @@ class CrashRun:
         self._region_starts = [r[0] for r in self._regions]
 
 
-def simulate(cfg: ModelConfig, seed: int = 0) -> CrashRun:
-    """Run one crash of `cfg` with `seed`; deterministic for the same pair."""
-    env = simpy.Environment(initial_time=KEXEC_LOAD_TIME)
+def simulate(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment] = simpy.Environment) -> CrashRun:
+    """Run one crash of `cfg` with `seed`; deterministic for the same pair.
+    (`env_type` lets a benchmark count events with a subclass.)"""
+    env = env_type(initial_time=KEXEC_LOAD_TIME)
     run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
     m = run.machine
     crash_notes_memory_init(m, env.now)

@@ -1,0 +1,84 @@
+"""Event engine overhead: a crash run of the modern x86_64 model against a
+bare SimPy loop doing the same number of events, in the same process.
+
+Reports time per event of (a) the model's event loop (env.run: CPUs, DMA,
+purgatory hashing real bytes, capture kernel) and (b) the whole simulate()
+call (with the kexec load and the metrics), each against the bare loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import simpy
+
+from common import ROOT, best_of, machine
+from kdumpsim.config import load_model
+from kdumpsim.sim import simulate
+
+
+class CountingEnvironment(simpy.Environment):
+    """Counts processed events and the time spent inside env.run."""
+    steps = 0
+    run_seconds = 0.0
+
+    def step(self) -> None:
+        CountingEnvironment.steps += 1
+        super().step()
+
+    def run(self, until=None):
+        t = time.perf_counter()
+        try:
+            return super().run(until)
+        finally:
+            CountingEnvironment.run_seconds += time.perf_counter() - t
+
+
+def bare_loop(events: int) -> None:
+    """Processes that hand off through timeouts and a shared event, like the model's."""
+    env = simpy.Environment()
+    per = max(1, events // 64)
+
+    def proc(env: simpy.Environment, n: int):
+        for i in range(n):
+            yield env.timeout(i % 7 + 1)
+
+    for _ in range(max(1, events // per)):
+        env.process(proc(env, per - 1))
+    env.run()
+
+
+def main() -> dict:
+    cfg = load_model(ROOT / "models/modern-x86_64.yaml")
+    simulate(cfg, 0)                     # warm caches (stand-in images, imports)
+    runs, total = 5, 0.0
+    CountingEnvironment.steps = 0
+    CountingEnvironment.run_seconds = 0.0
+    for seed in range(runs):
+        t = time.perf_counter()
+        simulate(cfg, seed, env_type=CountingEnvironment)
+        total += time.perf_counter() - t
+    events = CountingEnvironment.steps // runs
+    loop_per_event = CountingEnvironment.run_seconds / runs / events
+    whole_per_event = total / runs / events
+    bare = best_of(5, lambda: bare_loop(events)) / events
+    out = {
+        "events_per_run": events,
+        "model_loop_events_per_s": 1 / loop_per_event,
+        "bare_events_per_s": 1 / bare,
+        "loop_ratio": loop_per_event / bare,
+        "whole_ratio": whole_per_event / bare,
+        "run_seconds": total / runs,
+    }
+    print(f"engine: {events} events per crash run (modern-x86_64)")
+    print(f"  model event loop  {out['model_loop_events_per_s']:>12,.0f} events/s  "
+          f"= {out['loop_ratio']:.1f}x the bare loop's time per event (target <= 3x)")
+    print(f"  whole simulate()  {1 / whole_per_event:>12,.0f} events/s  = {out['whole_ratio']:.1f}x "
+          f"({out['run_seconds'] * 1000:.0f} ms per run)")
+    print(f"  bare SimPy loop   {out['bare_events_per_s']:>12,.0f} events/s")
+    return out
+
+
+if __name__ == "__main__":
+    print(machine())
+    main()
