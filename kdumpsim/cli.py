@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 def _explain(e: Exception) -> tuple[int | None, str]:
     from .config import ConfigError
     from .inspect import InspectError
+    from .machine import LayoutError
     from .vmcore import NoVmcore
     if isinstance(e, (ConfigError, UsageError, InspectError)):
         return 2, str(e)
+    if isinstance(e, LayoutError):      # one that load()/simulate_checked() did not attribute to a file
+        return 2, f"{e.field}: {e}" if e.field else str(e)
     if isinstance(e, NoVmcore):
         return 1, str(e)
     if isinstance(e, OSError):
@@ -116,10 +119,11 @@ def _inspect_args(a: argparse.ArgumentParser) -> None:
 def load(model: str, overrides: list[str]):
     """Load and lay out a model; layout errors name the model file."""
     from .config import ConfigError, load_model
+    from .kexec import kexec_load
     from .machine import LayoutError, Machine
     cfg = load_model(model, overrides)
     try:
-        Machine(cfg, 0)
+        kexec_load(Machine(cfg, 0))     # the reservation and the segments in it
     except LayoutError as e:
         raise ConfigError(model, e.field, str(e)) from None
     return cfg
@@ -202,6 +206,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
+
+
+from .cli_timeline import register as _reg_timeline  # noqa: E402
+_EXTRA_COMMANDS.append(_reg_timeline)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
     """
     from .machine import LayoutError
     text = spec.strip()
+    if not text:
+        raise LayoutError("kexec.crashkernel", "crashkernel is empty; use e.g. 32M@16M (size@base) or 256M")
     base: int | None = None
     if "@" in text:
         text, _, at = text.rpartition("@")
-        base = _size("kexec.crashkernel", at)
+        base = _size("kexec.crashkernel", at, spec, "base")
     text = text.removesuffix(",high").removesuffix(",low")
     if ":" in text:
         size = 0
@@ -46,26 +48,52 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
             rng, sep, amount = item.partition(":")
             lo, dash, hi = rng.partition("-")
             if not (sep and dash):
-                raise LayoutError("kexec.crashkernel", f"cannot parse range {item!r} in {spec!r}")
-            lo_b = _size("kexec.crashkernel", lo)
-            hi_b = _size("kexec.crashkernel", hi) if hi else 1 << 64
+                raise LayoutError("kexec.crashkernel", f"cannot parse range {item!r} in {spec!r}; "
+                                  "the range form is e.g. 512M-2G:64M,2G-:128M")
+            lo_b = _size("kexec.crashkernel", lo, spec, "range start")
+            hi_b = _size("kexec.crashkernel", hi, spec, "range end") if hi else 1 << 64
             if lo_b <= ram_total < hi_b:
-                size = _size("kexec.crashkernel", amount)
+                size = _size("kexec.crashkernel", amount, spec, "size")
         if size == 0:
-            raise LayoutError("kexec.crashkernel", f"{spec!r} reserves nothing for {fmt_size(ram_total)} of RAM")
+            raise LayoutError("kexec.crashkernel", f"{spec!r} reserves nothing for {ram_total / MiB:.1f} MiB of "
+                              "System RAM: no range covers it; add one, e.g. ...,0-:64M")
     else:
-        size = _size("kexec.crashkernel", text)
+        size = _size("kexec.crashkernel", text, spec, "size")
     if size <= 0:
-        raise LayoutError("kexec.crashkernel", f"size must be positive in {spec!r}")
+        raise LayoutError("kexec.crashkernel", f"size must be positive in {spec!r}; use e.g. 32M@16M")
     return size, base
 
 
-def _size(field_: str, text: str) -> int:
+def _size(field_: str, text: str, spec: str = "", what: str = "size") -> int:
     from .machine import LayoutError
     try:
         return parse_size(text)
     except ValueError as e:
-        raise LayoutError(field_, str(e)) from None
+        where = f"crashkernel={spec}: {what}: " if spec else ""
+        raise LayoutError(field_, f"{where}{e}") from None
+
+
+def _suggest(machine: Machine, size: int) -> str:
+    """A size@base that would work here: the lowest 16 MiB- (else 1 MiB-) aligned RAM clear of the kernel."""
+    for align in (D.CRASH_ALIGN, MiB):
+        free = FreeRanges(list(machine.ram_ranges))
+        free.remove(*machine.kernel_image)
+        start = free.alloc(size, align, lo=align)
+        if start is not None:
+            return f"; use e.g. crashkernel={fmt_size(size)}@{fmt_size(start)}"
+    return f"; no System RAM range has {fmt_size(size)} free, use a smaller size"
+
+
+def _what_is_at(machine: Machine, start: int, end: int) -> str:
+    """What keeps [start, end) from being one System RAM range, for the message."""
+    why = []
+    last = max(e for _, e in machine.ram_ranges)
+    if end > last:
+        why.append(f"runs past the end of System RAM at {last - 1:#x} ({machine.ram_total / MiB:.1f} MiB in all)")
+    hit = next((r for r in machine.cfg.memory.iomem if r.type != "System RAM" and r.start < end and start <= r.end), None)
+    if hit is not None:
+        why.append(f"overlaps '{hit.start:08x}-{hit.end:08x} : {hit.type}'")
+    return "it " + (" and ".join(why) or "crosses a hole between System RAM ranges")
 
 
 def reserve_crashkernel(machine: Machine) -> Reservation:
@@ -76,18 +104,22 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
     if base is not None:
         # reserve_crashkernel: memblock_phys_alloc_range(size, SZ_1M, base, base + size)
         if base % MiB:
-            raise LayoutError("kexec.crashkernel", f"base {base:#x} is not 1 MiB aligned "
-                              "(crashkernel reservation failed - memory is in use)")
+            raise LayoutError("kexec.crashkernel", f"base {base:#x} is not a multiple of 1 MiB "
+                              f"(crashkernel reservation failed - memory is in use){_suggest(machine, size)}")
         start, end = base, base + size
         if machine.ram_range_of(start, end) is None:
-            raise LayoutError("kexec.crashkernel", f"{fmt_size(size)}@{fmt_size(base)} ({start:#x}-{end - 1:#x}) "
-                              "is not inside one System RAM range (it overlaps a hole or a reserved range)")
+            raise LayoutError("kexec.crashkernel", f"crashkernel={spec} ({start:#x}-{end - 1:#x}) "
+                              f"is not inside one System RAM range: {_what_is_at(machine, start, end)}"
+                              f"{_suggest(machine, size)}")
         if machine.overlaps_kernel(start, end):
+            ks, ke = machine.kernel_image
             raise LayoutError("kexec.crashkernel", f"{start:#x}-{end - 1:#x} overlaps the running kernel at "
-                              f"{machine.kernel_image[0]:#x} (crashkernel reservation failed - memory is in use)")
+                              f"{ks:#x}-{ke - 1:#x} (crashkernel reservation failed - memory is in use)"
+                              f"{_suggest(machine, size)}")
         return Reservation(start, end, spec, automatic=False)
     if machine.era == "2005":
-        raise LayoutError("kexec.crashkernel", f"{spec!r}: 2.6.13 takes only crashkernel=size@base")
+        raise LayoutError("kexec.crashkernel", f"{spec!r}: 2.6.13 takes only crashkernel=size@base"
+                          f"{_suggest(machine, size)}")
     # Automatic: memblock top-down, CRASH_ALIGN (16 MiB), below 4 GiB first on
     # x86_64 (then up to 64 TiB), below 512 MiB on i386.
     free = FreeRanges(list(machine.ram_ranges))
@@ -98,9 +130,11 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
         start = free.alloc(size, D.CRASH_ALIGN, top_down=True, lo=D.CRASH_ALIGN, hi=hi)
         if start is not None:
             return Reservation(start, start + size, spec, automatic=True)
+    largest = max((e - s for s, e in free.ranges), default=0)
     raise LayoutError("kexec.crashkernel", f"no {fmt_size(size)} of System RAM, 16 MiB aligned, below "
                       f"{fmt_size(limits[-1])} for crashkernel={spec} "
-                      "(crashkernel reservation failed - No suitable area found.)")
+                      "(crashkernel reservation failed - No suitable area found.); the largest free System RAM "
+                      f"range is {largest / MiB:.1f} MiB, ask for less")
 
 
 # ------------------------------------------------------------------ segments
@@ -113,6 +147,7 @@ class Segment:
     data: bytes
     hashed: bool = True                 # purgatory verifies every segment but itself
     sources: list[int] | None = None    # 2004 design: pages in first-kernel RAM holding `data`
+    image: tuple[str, int] | None = None  # (label, size) when `data` is image_bytes(label, size)
 
     @property
     def end(self) -> int:
@@ -223,7 +258,10 @@ def _layout_2005(machine: Machine) -> KexecImage:
     segs["params"].data = _params_segment(cmdline)
     if len(segs["params"].data) > segs["params"].memsz:
         raise _layout_error("kexec.append", f"command line of {len(cmdline)} bytes does not fit the parameter block")
-    digest = None if cfg.kexec.skip_checks else _sha256_of(ordered)
+    for name in ("kernel", "initrd", "purgatory"):
+        if name in segs:
+            segs[name].image = (name, len(segs[name].data))
+    digest = None if cfg.kexec.skip_checks else _sha256_cached(ordered)
     regions = [(s.start, s.memsz) for s in ordered if s.hashed]
     return KexecImage(ordered, cmdline, segs["kernel"].start, hdr_seg.start, len(hdr_seg.data), backup_src,
                       backup.start if backup else None, digest, regions)
@@ -278,8 +316,13 @@ def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
 
 def _too_small(machine: Machine, what: str, need: int) -> None:
     from .machine import LayoutError
+    k = machine.cfg.kexec
+    total = (k.capture_kernel_size or 0) + (k.initrd_size or 0) + D.PURGATORY_SIZE + D.PARAMS_SIZE \
+        + D.ELFCOREHDR_MIN_MEMSZ + D.BACKUP_SIZE_2005
+    hint = (f"; the segments need about {-(-total // MiB)}M in all, ask for more"
+            if machine.cfg.design != "2004" else "")
     raise LayoutError("kexec.crashkernel", f"reservation {machine.describe_reservation()} is too small: "
-                      f"no room for the {what} segment ({fmt_size(need)}) next to the others")
+                      f"no room for the {what} segment ({fmt_size(need)}) next to the others{hint}")
 
 
 def _sha256_of(segs: list[Segment]) -> bytes:
@@ -290,6 +333,21 @@ def _sha256_of(segs: list[Segment]) -> bytes:
             h.update(s.data)
             h.update(bytes(s.memsz - len(s.data)))
     return h.digest()
+
+
+_DIGESTS: dict[tuple, bytes] = {}
+
+
+def _sha256_cached(segs: list[Segment]) -> bytes:
+    """The same digest, remembered across runs of a sweep: the key holds every
+    hashed byte (small segments verbatim, stand-in images by their label and
+    size, which determine their bytes), so equal keys mean equal input."""
+    key = tuple((s.start, s.memsz, s.image or s.data) for s in segs if s.hashed)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) > 64:
+            _DIGESTS.clear()
+        _DIGESTS[key] = _sha256_of(segs)
+    return _DIGESTS[key]
 
 
 def _params_segment(cmdline: str) -> bytes:

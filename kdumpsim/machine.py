@@ -69,7 +69,9 @@ class Machine:
         size = D.KERNEL_TEXT_SIZE_X86_64 if self.arch == "x86_64" else 4 * MiB
         self.kernel_image = (start, start + size)
         if not self._in_ram(*self.kernel_image):
-            raise LayoutError("memory.iomem", f"the first kernel at {start:#x}-{start + size - 1:#x} is not in System RAM")
+            raise LayoutError("memory.iomem", f"the first kernel at {start:#x}-{start + size - 1:#x} is not in "
+                              f"System RAM: {self.arch} loads it at {fmt_size(start)}, so one System RAM range "
+                              "must cover that")
         from .kexec import reserve_crashkernel   # kexec owns crashkernel= parsing
         self.reservation = reserve_crashkernel(self)
         self.first_kernel_free = FreeRanges(list(self.ram_ranges))
@@ -143,11 +145,12 @@ class Machine:
         unit = 64 * 1024   # a per-cpu unit's size in our layout
         units = self.first_kernel_free.alloc(unit * self.ncpus, 2 * MiB)
         if units is None:
-            raise LayoutError("memory.iomem", "no room for the per-cpu areas")
+            raise LayoutError("memory.iomem", f"no room for the per-cpu areas ({fmt_size(unit * self.ncpus)}, "
+                              "2 MiB aligned) in free System RAM: add RAM or use fewer CPUs")
         self.crash_notes = [units + cpu * unit + 0x1000 for cpu in range(self.ncpus)]
         self.vmcoreinfo_addr = self.first_kernel_free.alloc(D.PAGE_SIZE, D.PAGE_SIZE)
         if self.vmcoreinfo_addr is None:
-            raise LayoutError("memory.iomem", "no room for the vmcoreinfo note")
+            raise LayoutError("memory.iomem", "no room for the vmcoreinfo note (one free page of System RAM)")
 
     def describe_reservation(self) -> str:
         r = self.reservation
