@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def build_report(run: CrashRun) -> dict[str, Any]:
+    from .metrics import notes_in_dump
     m, image = run.machine, run.image
+    in_dump = notes_in_dump(run)
     return {
         "kdumpsim": __version__,
         "model": m.cfg.name,
@@ -24,6 +26,7 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "metrics": run.metrics,
         "cpus": [{"id": c.id, "pid": c.pid, "answer": c.answer, "state": c.state,
                   "note_addr": c.note_addr, "saved_ns": c.saved_at,
+                  "note_index": in_dump.index(c.id) if c.id in in_dump else None,
                   "registers": c.regs} for c in run.cpus],
         "panic_cpu": m.cfg.cpus.panic_cpu,
         "ram": [{"start": s, "end": e} for s, e in m.ram_ranges],
