@@ -26,5 +26,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+golden: $(STAMP)
+	$(PY) -m kdumpsim.golden --regen
+
 clean:
 	rm -rf $(VENV) results .pytest_cache
