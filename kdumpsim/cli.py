@@ -212,5 +212,9 @@ from .cli_timeline import register as _reg_timeline  # noqa: E402
 _EXTRA_COMMANDS.append(_reg_timeline)
 
 
+from .cli_experiment import register as _reg_experiment  # noqa: E402
+_EXTRA_COMMANDS.append(_reg_experiment)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -272,6 +272,20 @@ class KexecSpec(Strict):
     backup: bool = True                  # kexec-tools' backup region (kexec_load path)
 
 
+def _version_text(v: Any) -> Any:
+    """A kernel version written as a bare YAML number (version: 4.18) is text."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+class KernelSpec(Strict):
+    # The first kernel's version (issue #8): its log buffer format (the lockless
+    # `prb` ring from 5.10 on, `printk_log` records before) and its VMCOREINFO
+    # set. None: the era's kernel (modern: 6.1, 2005: 2.6.13).
+    version: Annotated[Literal["6.1", "4.18"], BeforeValidator(_version_text)] | None = None
+
+
 class TimingSpec(Strict):
     crash_save_cpu: Duration = parse_duration(D.CRASH_SAVE_CPU)
     lapic_shutdown: Duration = parse_duration(D.LAPIC_SHUTDOWN)
@@ -311,6 +325,7 @@ class ModelConfig(Strict):
     memory: MemorySpec
     kexec: KexecSpec = Field(default_factory=KexecSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
+    kernel: KernelSpec = Field(default_factory=KernelSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
     devices: list[Device] = Field(default_factory=list)
 

@@ -103,3 +103,26 @@ PCI_BANDWIDTH = "133MB/s"    # 32-bit 33 MHz PCI
 PCIE_X4_BANDWIDTH = "1GB/s"  # PCIe 1.0: 250 MB/s per lane
 PCI_LATENCY = "1us"          # bridge crossing (assumption)
 MEMORY_BANDWIDTH = "10GB/s"  # memory controller (assumption)
+
+# --- First-kernel structures the crash tools read (issue #8; x86_64, modern era).
+KERNEL_VERSION_MODERN = "6.1"            # the era's kernel when kernel.version is not given
+OSRELEASE_BY_VERSION = {"6.1": "6.1.0-kdumpsim", "4.18": "4.18.0-kdumpsim"}
+# Uptime of the first kernel at the panic: printk timestamps count from boot (assumption).
+UPTIME_AT_PANIC = "600s"
+# SPARSEMEM on x86_64 (arch/x86/include/asm/sparsemem.h): 128 MiB sections,
+# MAX_PHYSMEM_BITS 46 with 4-level paging (the 6.1 sample's 52 is 5-level).
+SECTION_SIZE_BITS_X86_64 = 27
+MAX_PHYSMEM_BITS_X86_64 = 46
+STRUCT_PAGE_SIZE = 64                     # SIZE(page)=64 in the 6.1 sample
+MEM_SECTION_SIZE = 32                     # SIZE(mem_section)=32 in the 6.1 sample
+VMEMMAP_START_X86_64 = 0xFFFF_EA00_0000_0000   # Documentation/x86/x86_64/mm.rst, 4-level, no KASLR
+KERNEL_IMAGE_SIZE_X86_64 = 512 * MiB     # arch/x86/include/asm/page_64_types.h, !CONFIG_RANDOMIZE_BASE
+# printk: Debian's CONFIG_LOG_BUF_SHIFT=17 (a 128 KiB static __log_buf); the
+# lockless ring has one descriptor per 2^PRB_AVGBITS (5) text bytes
+# (kernel/printk/printk.c PRB_AVGBITS).
+LOG_BUF_SHIFT = 17
+PRB_AVGBITS = 5
+# How the first kernel uses its RAM at the panic, as fractions of the pages it
+# does not reserve (struct page says which; makedumpfile -d 31 drops all but
+# "kernel"). A busy server with a warm page cache (assumption).
+PAGE_USE = {"free": 0.35, "cache": 0.25, "cache_private": 0.05, "user": 0.20, "zero": 0.03, "kernel": 0.12}

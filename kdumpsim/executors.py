@@ -17,6 +17,8 @@ import json
 import os
 import random
 import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,9 @@ class RunResult:
     record: dict[str, Any] | None                 # report.run_record(run)
     error: tuple[str, str] | None = None          # (field, message) of a LayoutError
     vmcore: str | None = None                     # file name written, if any
+
+
+ChunkFn = Callable[[Chunk], list[RunResult]]
 
 
 def run_chunk(chunk: Chunk) -> list[RunResult]:
@@ -99,7 +104,7 @@ class Executor:
     name = "executor"
     workers = 1
 
-    def map_unordered(self, fn: Callable[[Chunk], list[RunResult]], items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -116,15 +121,24 @@ class InlineExecutor(Executor):
     """One worker: run in this process (no pickling, plain tracebacks)."""
     name = "local"
 
-    def map_unordered(self, fn, items):
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         for item in items:
             yield fn(item)
 
 
-def _ignore_sigint() -> None:
+def _worker_init() -> None:
     # Ctrl-C reaches the whole process group: let the parent decide, so that a
     # worker does not die mid-chunk with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL) cannot shut the pool down: its
+    # workers would wait for work forever. Leave when the parent is gone.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class LocalExecutor(Executor):
@@ -133,9 +147,9 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
 
-    def map_unordered(self, fn, items):
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         pending: set[Future] = set()
         queue = iter(items)
         try:
@@ -192,7 +206,7 @@ class DaskExecutor(Executor):
             raise ConfigError("--scheduler", "", f"Dask workers run another kdumpsim: {bad} (here {__version__})")
         self.workers = len(versions)
 
-    def map_unordered(self, fn, items):
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         from distributed import as_completed
         futures = [self.client.submit(fn, item, pure=False) for item in items]
         try:

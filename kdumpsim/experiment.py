@@ -13,7 +13,9 @@ column of the results table), independent of the order or the executor.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -27,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, ModelConfig, model_from_dict, read_yaml
+from .config import ConfigError, ModelConfig, read_yaml, set_dotted, validate_model
 from .machine import LayoutError, derive_seed
 from .units import GiB, KiB, MiB, TiB, parse_duration, parse_size
 
@@ -251,7 +253,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def _spec_error(e: ValidationError, source: str, raw: Any) -> ConfigError:
     """The first pydantic error as `field: message`, with did-you-mean for unknown keys."""
-    err = e.errors(include_url=False)[0]
+    errors = e.errors(include_url=False)
+    # A misspelt key also makes the right one "missing": report the typo, with its suggestion.
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     where = ".".join(str(x) for x in loc)
     msg = err["msg"].removeprefix("Value error, ")
@@ -477,12 +481,20 @@ def _typed(kind: str, raw: list[float], integral: bool) -> tuple[list[Any], str,
     """(model values, unit, column values, display) of numbers in base units."""
     if kind == "duration":
         ns = [round(x) for x in raw]
-        return [f"{n}ns" for n in ns], "s", [n / 1e9 for n in ns], [fmt_duration(n) for n in ns]
+        return [exact_duration(n) for n in ns], "s", [n / 1e9 for n in ns], [fmt_duration(n) for n in ns]
     if kind == "size":
         b = [round(x) for x in raw]
         return [fmt_bytes(n) for n in b], "bytes", b, [fmt_bytes(n) for n in b]
     vals = [round(x) if integral and abs(x - round(x)) < 1e-9 else float(f"{x:.12g}") for x in raw]
     return vals, "", vals, [_number_text(v) for v in vals]
+
+
+def exact_duration(ns: int) -> str:
+    """A duration as the model reads it back exactly: 5000000 -> '5ms', 1500 -> '1500ns'."""
+    for unit in ("s", "ms", "us"):
+        if ns % NS[unit] == 0:
+            return f"{ns // NS[unit]}{unit}"
+    return f"{ns}ns"
 
 
 def fmt_duration(ns: int) -> str:
@@ -575,7 +587,6 @@ def kept(spec: ExperimentSpec, column: str) -> bool:
     """Does the experiment keep this run_record column?"""
     if spec.metrics == "all" or column in ALWAYS_KEPT:
         return True
-    import fnmatch
     return any(fnmatch.fnmatchcase(column, pat) for pat in spec.metrics)
 
 
@@ -641,27 +652,36 @@ def _expand(exp: Experiment) -> list[Point]:
     return points
 
 
+def model_with(exp: Experiment, pairs: list[tuple[str, Any]]) -> ModelConfig:
+    """The base model with `pairs` applied one after the other, as `kdumpsim
+    run --set` applies them (so a rerun command gives the same model)."""
+    raw = copy.deepcopy(exp.model_raw)
+    for key, value in pairs:
+        set_dotted(raw, key, copy.deepcopy(value))
+    return validate_model(raw, str(exp.model_path))
+
+
 def build_point_model(exp: Experiment, point: Point) -> ModelConfig:
     """Validate one point's model; errors name the experiment file and the point."""
     where = f"point {point.index} ({point.label})"
     try:
-        return model_from_dict(exp.model_raw, str(exp.model_path), dict(exp.all_overrides(point)))
+        return model_with(exp, exp.all_overrides(point))
     except ConfigError as e:
-        field_ = e.field if e.source != "--set" else f"{e.field}"
-        raise ConfigError(exp.source, f"{where}: {field_}" if field_ else where, e.message) from None
+        raise ConfigError(exp.source, f"{where}: {e.field}" if e.field else where, e.message) from None
 
 
 def _check_base(exp: Experiment) -> None:
     """The base model alone, then each axis value on it: errors name the axis value."""
+    base = list(exp.spec.base.overrides.items())
     try:
-        model_from_dict(exp.model_raw, str(exp.model_path), dict(exp.spec.base.overrides))
+        model_with(exp, base)
     except ConfigError as e:
         raise ConfigError(exp.source, f"base.overrides: {e.field}" if e.field else "base.overrides",
                           e.message) from None
     for axis in exp.axes:
         for j, sets in enumerate(axis.settings):
             try:
-                model_from_dict(exp.model_raw, str(exp.model_path), {**exp.spec.base.overrides, **sets})
+                model_with(exp, base + list(sets.items()))
             except ConfigError as e:
                 at = axis.value_field(j)
                 raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
@@ -717,8 +737,8 @@ def _setter_hint(exp: Experiment, point: Point, field_: str) -> str:
     return ""
 
 
-
 def point_count_text(exp: Experiment) -> str:
+    """'180 points [placement (5) x ...] x 8 replicates = 1440 runs'."""
     sizes = " x ".join(f"{a.name} ({len(a.settings)})" for a in exp.axes if not a.field.startswith("sample."))
     if exp.spec.sample:
         sizes += (" x " if sizes else "") + f"{exp.spec.sample.method} sample ({exp.spec.sample.count})"

@@ -79,11 +79,18 @@ class Machine:
         self.first_kernel_free.remove(*self.kernel_image)
         self.first_kernel_free.remove(self.reservation.start, self.reservation.end)
         self._place_crash_notes()
+        # The structures crash tools read: page tables, mem_map, log buffer (kdumpsim.firstkernel).
+        self.kernel_structs = None
+        if self.arch == "x86_64" and self.era == "modern" and cfg.design != "2004":
+            from .firstkernel import FirstKernel
+            self.kernel_structs = FirstKernel(self)
         # Later, scattered allocations (2004 kexec pages, DMA buffers) share one record of what is taken.
         self.taken = Taken()
         self.page_pool = RandomPlacer(self.first_kernel_free.ranges, self.taken)
         self.memory = PhysicalMemory(self.ram_ranges, derive_seed(self.seed, "ram"),
                                      zero=[(self.reservation.start, self.reservation.end)])
+        if self.kernel_structs is not None:
+            self.kernel_structs.install(self.memory)
 
     # ------------------------------------------------------------------
     @property

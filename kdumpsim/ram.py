@@ -7,6 +7,13 @@ address XOR a per-run key; the crashkernel reservation and holes read as
 zero. Every write is kept as a per-page delta (time, offset, bytes, actor),
 so any page can be rebuilt as it was at any simulated instant: at the panic
 (the truth), when purgatory hashed it, or when the dump copy read it.
+
+Structures too big to store (the first kernel's struct page array, and the
+pages it holds zeros in) are *overlays*: computed content laid over the base pattern, a function of the
+address generated on demand (`add_overlay`; kdumpsim.firstkernel). An overlay
+has `start`, `end` and `fill(addr, words)`, which overwrites the u64 numpy
+array `words` holding [addr, addr + 8 * len(words)) (8-aligned) where it
+covers it. Overlays are part of the base content: writes land on top.
 """
 
 from __future__ import annotations
@@ -69,6 +76,19 @@ class PhysicalMemory:
         self.deltas: dict[int, list[Delta]] = {}
         self.log: list[WriteRecord] = []
         self._touched_sorted: list[int] | None = None
+        self.overlays: list = []
+
+    def add_overlay(self, overlay) -> None:
+        """Computed base content over [overlay.start, overlay.end) (see the module doc)."""
+        self.overlays.append(overlay)
+        self.overlays.sort(key=lambda o: o.start)
+
+    def apply_overlays(self, addr: int, words: np.ndarray) -> None:
+        """Lay every overlay over `words` (u64 base content at 8-aligned `addr`)."""
+        end = addr + 8 * len(words)
+        for o in self.overlays:
+            if o.start < end and addr < o.end:
+                o.fill(addr, words)
 
     # ------------------------------------------------------------ layout
     def is_ram(self, addr: int, size: int = 1) -> bool:
@@ -84,7 +104,13 @@ class PhysicalMemory:
     def base_page(self, pfn: int) -> bytes:
         if self._is_zero_page(pfn):
             return bytes(PAGE_SIZE)
-        return pattern_bytes(pfn << PAGE_SHIFT, PAGE_SIZE, self.key)
+        addr = pfn << PAGE_SHIFT
+        if not self.overlays:
+            return pattern_bytes(addr, PAGE_SIZE, self.key)
+        words = np.arange(addr, addr + PAGE_SIZE, 8, dtype=np.uint64)
+        words ^= np.uint64(self.key)
+        self.apply_overlays(addr, words)
+        return words.tobytes()
 
     # ------------------------------------------------------------ writes
     def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:

@@ -137,7 +137,7 @@ def column_order(rows: list[dict[str, Any]], first: list[str], fixed: list[str],
     present: dict[str, None] = {}
     for r in rows:
         present.update(dict.fromkeys(r))
-    order = [c for c in first + fixed if c in present]
+    order = [c for c in dict.fromkeys(first + fixed) if c in present]
     for prefix in prefixes:
         group = [c for c in present if c.startswith(prefix) and c not in order and c not in last]
         if prefix == "t_":
@@ -202,7 +202,8 @@ def summarize(df: Any, points: list[Any], outcomes: list[str], capture_ok: tuple
         row["capture_failure"] = Share(int(fail), n)
         for o in outcomes:
             row[o] = Share(int(counts.get(o, 0)), n)
-        row["median_corrupted_bytes"] = math.nan if g is None else float(g["corrupted_bytes"].median())
+        median = math.nan if g is None else float(g["corrupted_bytes"].median())
+        row["median_corrupted_bytes"] = round(median) if not math.isnan(median) else median
         fid = None if g is None else g["dump_fidelity"].dropna()
         row["mean_dump_fidelity"] = math.nan if fid is None or fid.empty else float(fid.mean())
         out.append(row)

@@ -84,6 +84,8 @@ class CrashRun:
         regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
         if self.machine.vmcoreinfo_addr is not None:
             regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
+        if self.machine.kernel_structs is not None:     # page tables, mem_map, log buffer, ... (issue #8)
+            regions += self.machine.kernel_structs.regions()
         self._regions = sorted(regions)
         self._region_starts = [r[0] for r in self._regions]
 

@@ -2,7 +2,7 @@
 
     events = read_trace("out/trace.jsonl")      # or run.trace.events
     json.dump(to_perfetto(events), fh)           # open in ui.perfetto.dev
-    plot_gantt(events, "out/gantt.png")
+    plot_gantt(events, "out/gantt.png")          # or gantt_figure(events) in a notebook
 
 Both views come from one model of the trace (`build_timeline`): a track per
 CPU, per DMA engine, for purgatory and for the capture kernel (plus instant
@@ -45,7 +45,6 @@ from .trace import Event
 # Regions a DMA write may hit without touching the capture path itself
 # (sim.CrashRun.region_of): anything else is a segment, the backup, notes...
 HARMLESS_REGIONS = frozenset({"first_kernel_ram", "reservation_free"})
-DMA_WRITE_KINDS = ("dma_write",)
 DMA_KINDS = frozenset({"dma_buffers_mapped", "dma_write", "dma_fault", "dma_to_nowhere", "dma_stopped",
                        "no_driver_in_capture_kernel", "driver_init_without_reset"})
 # Events that mean the capture path itself went wrong.
@@ -168,8 +167,7 @@ def _instant_track(actor: str, group: str, evs: list[Event]) -> Track:
 
 def _cpu_track(actor: str, evs: list[Event], t0: int, end: int, panic_ev: Event | None) -> Track:
     t = Track(actor, "cpu", actor)
-    t.instants = [_instant(e) for e in evs if e.kind not in ("nmi_received", "halted", "machine_kexec")
-                  or e.kind == "machine_kexec"]
+    t.instants = [_instant(e) for e in evs]
     if panic_ev is not None and panic_ev.actor == actor:
         t.label = f"{actor} (panic)"
         done = _first(evs, "nmi_shootdown_done")
@@ -320,7 +318,7 @@ def region_classifier(events: list[Event]):
 
 
 def _seg_region(name: str) -> str:
-    return "capture_kernel" if name == "kernel" else str(name)
+    return str(name)      # segment names, as CrashRun.region_of reports them
 
 
 # ------------------------------------------------------------------ Perfetto
@@ -488,12 +486,22 @@ def _mid(x0: float, x1: float, linthresh: float) -> float:
 
 
 def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) -> Path:
-    """Write a Gantt chart PNG of the trace: one row per CPU (panic CPU first,
-    compact when there are many), purgatory, the capture kernel and each DMA
-    engine, on a symlog time axis starting at the panic."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Write a Gantt chart PNG of the trace (see `gantt_figure`); returns the path."""
+    fig = gantt_figure(events, title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import atomic_write
+    with atomic_write(out, "wb") as fh:
+        fig.savefig(fh, format="png")
+    return out
+
+
+def gantt_figure(events: list[Event], title: str | None = None):
+    """A matplotlib Figure (no pyplot, no global backend change, so notebooks
+    can display it): one row per CPU (panic CPU first, compact when there are
+    many), purgatory, the capture kernel and each DMA engine, on a symlog time
+    axis starting at the panic."""
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
@@ -508,7 +516,8 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
     # there are many of them, the other rows keep a readable height.
     cpu_h = 0.24 if ncpu <= 8 else (0.17 if ncpu <= 48 else max(0.045, 8.0 / ncpu))
     other_h = 0.26
-    heights = [cpu_h if t.group == "cpu" else other_h for t in rows]
+    heights = [other_h if t.group != "cpu" else (max(cpu_h, 0.2) if t.name == tl.panic_cpu else cpu_h)
+               for t in rows]
     centers, y = [], sum(heights)
     for h in heights:
         centers.append(y - h / 2)
@@ -516,7 +525,7 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
     plot_h = sum(heights)
     px_per_pt = 110 / 72
     fig_h = plot_h + 2.0          # final margins are set once the legend and labels are known
-    fig = plt.figure(figsize=(13, fig_h), dpi=110)
+    fig = Figure(figsize=(13, fig_h), dpi=110)
     ax = fig.add_axes((0.11, 1.0 / fig_h, 0.875, plot_h / fig_h))
     linthresh = 1e-6
     ax.set_xscale("symlog", linthresh=linthresh, linscale=0.6)
@@ -539,8 +548,8 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
 
     used: dict[str, str] = {}
     markers_used: set[str] = set()
-    shade = {"sha256": ("#3b6fb6", "#5b8fd6"), "relocate": ("#2a9d8f", "#4fbfb0"),
-             "dump_segment": ("#5fa8a0", "#7fc4bc")}
+    shade = {"sha256": ("#3b6fb6", "#6f9be0", "#254f8f"), "relocate": ("#2a9d8f", "#4fbfb0", "#1d7268"),
+             "dump_segment": ("#5fa8a0", "#7fc4bc", "#468a83")}
     for track, yc, rh in zip(rows, centers, heights):
         child_n = 0
         gap = min(0.04, rh * 0.18)
@@ -549,11 +558,12 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
             color, label = CATEGORY_STYLE.get(s.cat, ("#999999", s.cat))
             used.setdefault(label, color)
             if s.cat in shade:
-                color = shade[s.cat][child_n % 2]
+                color = shade[s.cat][child_n % 3]
                 child_n += 1
             h = rh - gap if s.cat == "purgatory" else rh - 2 * gap
             ax.broken_barh([(x0, max(x1 - x0, 0))], (yc - h / 2, h), facecolors=color,
-                           edgecolors="none", linewidth=0, zorder=2 + s.depth)
+                           edgecolors="white" if s.depth else "none", linewidth=0.5 if s.depth else 0,
+                           zorder=2 + s.depth)
             if s.cat in ("hang", "never_halted"):
                 ax.annotate("", xy=(end_s * 1.35, yc), xytext=(max(x1, x0), yc),
                             arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0,
@@ -639,7 +649,7 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels)
     for lbl, t in zip(ax.get_yticklabels(), styles):
-        lbl.set_fontsize(cpu_label if t.group == "cpu" else 7.5)
+        lbl.set_fontsize(cpu_label if t.group == "cpu" and t.name != tl.panic_cpu else max(cpu_label, 7.5))
         if t.name == tl.panic_cpu:
             lbl.set_color("#a00000")
             lbl.set_fontweight("bold")
@@ -685,10 +695,4 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
     fig.legend(handles=handles, loc="lower left", ncol=ncol, fontsize=7, frameon=False,
                bbox_to_anchor=(0.11, 0.04 / fig_h), handlelength=1.6, columnspacing=1.5)
     fig.suptitle(title if title is not None else "kdump crash path", fontsize=10.5, y=1 - 0.08 / fig_h, va="top")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import atomic_write
-    with atomic_write(out, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return out
+    return fig

@@ -39,19 +39,22 @@ class _Pattern:
         self.steps = np.arange(0, BLOCK, 8, dtype=np.uint64)
         self.out = np.empty(BLOCK // 8, dtype=np.uint64)
 
-    def block(self, addr: int, size: int) -> memoryview:
-        """`size` bytes at page-aligned `addr` (size a multiple of 8, <= BLOCK)."""
+    def block(self, addr: int, size: int) -> np.ndarray:
+        """`size` bytes at 8-aligned `addr` as u64 words (size a multiple of 8, <= BLOCK)."""
         out = self.out[: size // 8]
         np.add(self.steps[: size // 8], np.uint64(addr), out=out)
         np.bitwise_xor(out, self.key, out=out)
-        return memoryview(out).cast("B")
+        return out
 
 
 def _base_block(mem: PhysicalMemory, pat: _Pattern, addr: int, size: int) -> memoryview:
-    """Old memory [addr, addr+size) before any write."""
+    """Old memory [addr, addr+size) before any write (overlays included)."""
     plain = mem.is_ram(addr, size) and not any(s < addr + size and addr < e for s, e in mem.zero)
     if plain and addr % 8 == 0 and size % 8 == 0:
-        return pat.block(addr, size)
+        words = pat.block(addr, size)
+        if mem.overlays:
+            mem.apply_overlays(addr, words)
+        return memoryview(words).cast("B")
     return memoryview(b"".join(mem.iter_read_base(addr, size)))
 
 
