@@ -282,9 +282,9 @@ def analysis_record(run: CrashRun, workdir: str | os.PathLike) -> dict[str, Any]
     one flat row of booleans (ANALYSIS_COLUMNS). A run without a vmcore (the
     capture failed) analyses as nothing: every column False."""
     from .vmcore import NoVmcore, write_vmcore
-    work = Path(workdir)
+    work = Path(workdir) / f"worker-{os.getpid()}"    # the tools' outputs have fixed names: one dir per worker
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"run-{os.getpid()}.vmcore"
+    path = work / "run.vmcore"
     try:
         write_vmcore(run, path)
     except NoVmcore:

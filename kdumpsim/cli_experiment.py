@@ -80,6 +80,11 @@ def _check_vmcore_space(exp: Experiment, out: Path) -> None:
     import shutil
 
     from .config import ConfigError
+    if exp.spec.analyse:
+        biggest = max(sum(r.end - r.start + 1 for r in exp.model_for(p.index).memory.iomem if r.type == "System RAM")
+                      for p in exp.points)
+        print(f"analyse: one vmcore of up to {biggest / 2**30:.1f} GiB at a time per worker in {out / 'scratch'}",
+              file=sys.stderr)
     if exp.spec.vmcores == "none":
         return
     need = sum(sum(r.end - r.start + 1 for r in exp.model_for(p.index).memory.iomem if r.type == "System RAM")
@@ -109,7 +114,8 @@ def run_experiment(exp: Experiment, out: Path, workers: int, args: argparse.Name
     t0 = time.monotonic()
     if todo:
         size = args.chunk_size or chunk_size(len(todo), workers)
-        chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir)
+        analyse_dir = str((out / "scratch").resolve()) if exp.spec.analyse else None
+        chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir, analyse_dir)
         with make_executor(args.executor, workers, args.scheduler) as ex:
             manifest["executor"] = _executor_text(ex)
             _run_chunks(exp, store, ex, chunks, total, len(done), args)

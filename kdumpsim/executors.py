@@ -35,6 +35,7 @@ class Chunk:
     runs: tuple[RunSpec, ...]
     models: dict[int, ModelConfig]
     vmcore_dir: str | None = None     # write the vmcore of replicate 0 of each point here
+    analyse_dir: str | None = None    # run the crash tools on each run's vmcore, written here then deleted
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,11 @@ def run_chunk(chunk: Chunk) -> list[RunResult]:
             out.append(RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e))))
             continue
         vmcore = _keep_vmcore(chunk, r, run)
-        out.append(RunResult(r.point, r.replicate, r.seed, run_record(run), None, vmcore))
+        record = run_record(run)
+        if chunk.analyse_dir is not None:
+            from .analysis import analysis_record
+            record.update(analysis_record(run, chunk.analyse_dir))
+        out.append(RunResult(r.point, r.replicate, r.seed, record, None, vmcore))
     return out
 
 
@@ -81,14 +86,15 @@ def _keep_vmcore(chunk: Chunk, r: RunSpec, run: Any) -> str | None:
 
 
 def make_chunks(runs: list[RunSpec], models: Callable[[int], ModelConfig], size: int, shuffle_seed: int,
-                vmcore_dir: str | None = None) -> list[Chunk]:
+                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> list[Chunk]:
     """Consecutive runs in chunks of `size` (so a chunk carries one or two
     models), in a shuffled order so that the rate, and the time left the
     progress bar shows, are not skewed by slow points bunched together."""
     chunks = []
     for i in range(0, len(runs), size):
         part = tuple(runs[i:i + size])
-        chunks.append(Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir))
+        chunks.append(Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir,
+                            analyse_dir))
     random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(chunks)
     return chunks
 

@@ -38,9 +38,11 @@ NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 
 # Columns of report.run_record (fixed names and per-region/per-phase prefixes):
 # what `metrics:` may keep and plots may draw.
+from .analysis import ANALYSIS_COLUMNS  # noqa: E402  (columns filled when `analyse: true`)
+
 RECORD_COLUMNS = ("outcome", "detected", "cpus_saved", "cpus_missing", "corrupted_bytes", "dump_pages",
                   "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "reservation_start",
-                  "reservation_end")
+                  "reservation_end") + ANALYSIS_COLUMNS
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
 # Always kept: the summary table needs them.
 ALWAYS_KEPT = ("outcome", "detected", "corrupted_bytes", "dump_fidelity")
@@ -123,6 +125,8 @@ class ExperimentSpec(Strict):
     metrics: Literal["all"] | list[str] = "all"
     plots: list[PlotSpec] = Field(default_factory=list)
     vmcores: Literal["none", "first"] = "none"
+    # Run the real crash tools on every run's vmcore (kdumpsim.analysis): slow, one vmcore per worker on disk.
+    analyse: bool = False
 
 
 # ---------------------------------------------------------------- resolved experiment

@@ -85,29 +85,37 @@ class Taken:
 
 class RandomPlacer:
     """Uniformly random, non-overlapping placements in a fixed set of ranges:
-    like the page allocator handing out scattered pages. O(log n) per pick
-    (prefix sums + bisect, retry on a collision), so thousands of buffers
-    cost nothing however fragmented memory gets."""
+    like the page allocator handing out scattered pages. A pick chooses one
+    of the aligned start slots where `size` fits (prefix sums + bisect) and
+    retries on a collision with what is taken, so thousands of buffers cost
+    nothing however fragmented memory gets."""
 
     def __init__(self, ranges: list[tuple[int, int]], taken: Taken):
         self.ranges = [(s, e) for s, e in sorted(ranges) if e > s]
         self.taken = taken
-        self.cum: list[int] = []
-        total = 0
-        for s, e in self.ranges:
-            total += e - s
-            self.cum.append(total)
+        self._slots: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+
+    def _slot_table(self, size: int, align: int) -> tuple[list[int], list[int]]:
+        """Per range: the first aligned start, and the running count of slots."""
+        key = (size, align)
+        if key not in self._slots:
+            firsts, cum, total = [], [], 0
+            for s, e in self.ranges:
+                first = align_up(s, align)
+                total += max(0, (e - size - first) // align + 1) if e - size >= first else 0
+                firsts.append(first)
+                cum.append(total)
+            self._slots[key] = (firsts, cum)
+        return self._slots[key]
 
     def place(self, rng: random.Random, size: int, align: int, tries: int = 64) -> int | None:
-        total = self.cum[-1] if self.cum else 0
+        firsts, cum = self._slot_table(size, align)
+        total = cum[-1] if cum else 0
         for _ in range(tries if total else 0):
             k = rng.randrange(total)
-            i = bisect.bisect_right(self.cum, k)
-            s, e = self.ranges[i]
-            addr = align_down(s + k - (self.cum[i] - (e - s)), align)
-            if addr < s:
-                addr = align_up(s, align)
-            if addr + size <= e and self.taken.free(addr, addr + size):
+            i = bisect.bisect_right(cum, k)
+            addr = firsts[i] + (k - (cum[i - 1] if i else 0)) * align
+            if self.taken.free(addr, addr + size):
                 self.taken.add(addr, addr + size)
                 return addr
         return None
