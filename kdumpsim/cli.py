@@ -60,7 +60,8 @@ def _explain(e: Exception) -> tuple[int | None, str]:
         return 2, str(e)
     if isinstance(e, LayoutError):      # one that load()/simulate_checked() did not attribute to a file
         return 2, f"{e.field}: {e}" if e.field else str(e)
-    if isinstance(e, NoVmcore):
+    from .cli_experiment import WorkerLost
+    if isinstance(e, (NoVmcore, WorkerLost)):
         return 1, str(e)
     if isinstance(e, OSError):
         where = f"{e.filename}: " if e.filename else ""

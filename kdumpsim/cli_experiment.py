@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,6 +146,10 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
     return now
 
 
+class WorkerLost(Exception):
+    """The sweep stopped because a worker died; saved runs are kept (exit status 1)."""
+
+
 def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Chunk], total: int, done: int,
                 args: argparse.Namespace) -> None:
     """Run the chunks, saving each chunk's rows as it arrives."""
@@ -165,6 +170,11 @@ def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Ch
         print(f"\ninterrupted: {saved} of {total} runs saved in {store.parts}; "
               f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume", file=sys.stderr)
         raise
+    except BrokenProcessPool as e:
+        # A worker was killed (OOM killer, kill -9): what finished is saved.
+        bar.close()
+        raise WorkerLost(f"a worker process died ({e}); {saved} of {total} runs are saved in {store.parts}; "
+                         f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume") from None
     finally:
         bar.close()
 

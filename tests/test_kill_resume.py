@@ -1,0 +1,90 @@
+"""A sweep killed at random moments — SIGKILL of the main process, SIGKILL of
+a worker, Ctrl-C — and resumed with --resume each time ends with exactly the
+table of an uninterrupted run: nothing lost, nothing counted twice."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ROOT / "tests" / "experiments" / "small_i386.yaml"
+KDUMPSIM = [sys.executable, "-c", "import sys; from kdumpsim.cli import main; sys.exit(main())"]
+RUNS = 12 * 6
+
+
+def experiment(tmp: Path) -> Path:
+    raw = yaml.safe_load(SMALL.read_text())
+    raw["base"]["model"] = str(ROOT / "models" / "paper-i386-2005.yaml")
+    raw.update(replicates=6, plots=[])
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def parts(out: Path) -> int:
+    return len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").exists() else 0
+
+
+def saved_rows(out: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
+
+
+def start(exp: Path, out: Path, resume: bool) -> subprocess.Popen:
+    argv = KDUMPSIM + ["experiment", str(exp), "--out", str(out), "--workers", "2", "--chunk-size", "2",
+                       "--no-progress"] + (["--resume"] if resume else [])
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def interrupt(proc: subprocess.Popen, out: Path, at_parts: int, how: str) -> None:
+    """Wait until `at_parts` part files exist, then interrupt the sweep `how`."""
+    deadline = time.monotonic() + 90
+    while parts(out) < at_parts:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    if how == "worker":
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "no worker processes to kill"
+        workers[0].send_signal(signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL if how == "main" else signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert "Traceback" not in err, err
+    if how == "main":
+        # The orphaned workers notice their parent is gone and exit on their own.
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode != 0 and "--resume" in err, err
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    tmp = tmp_path_factory.mktemp("whole")
+    out = tmp / "out"
+    proc = start(experiment(tmp), out, resume=False)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return (out / "results.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["main", "worker", "ctrl_c"])
+def test_killed_twice_then_resumed_equals_uninterrupted(how: str, whole: bytes, tmp_path: Path) -> None:
+    exp, out = experiment(tmp_path), tmp_path / "out"
+    interrupt(start(exp, out, resume=False), out, 2, how)          # early
+    first = saved_rows(out)
+    interrupt(start(exp, out, resume=True), out, parts(out) + 8, how)   # later, during a resumed run
+    second = saved_rows(out)
+    assert 0 < first < second < RUNS
+    proc = start(exp, out, resume=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert f"resuming: {second} of {RUNS} runs" in err
+    assert (out / "results.parquet").read_bytes() == whole
