@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, ModelConfig, read_yaml, set_dotted, validate_model
+from .config import ConfigError, ModelConfig, _model_of, read_yaml, set_dotted, validate_model
 from .machine import LayoutError, derive_seed
 from .units import GiB, KiB, MiB, TiB, parse_duration, parse_size
 
@@ -280,18 +280,8 @@ def _fields_at(cls: Any, loc: tuple) -> list[str]:
         if isinstance(part, int) or cls is None:
             continue
         f = getattr(cls, "model_fields", {}).get(part)
-        cls = _model_in(f.annotation) if f else None
+        cls = _model_of(f.annotation) if f else None
     return list(getattr(cls, "model_fields", {}) or [])
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _repo_root(start: Path) -> Path | None:

@@ -11,7 +11,6 @@ are read off the path between the two ends, never from a constant elsewhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import networkx as nx
 
@@ -72,10 +71,7 @@ class Topology:
     def __init__(self, m: ModelConfig):
         self.graph = build_topology(m)
         self._routes: dict[tuple[str, str], Route] = {}
-
-    @cached_property
-    def _ipi_from(self) -> dict[str, dict[str, int]]:
-        return {}
+        self._ipi_from: dict[str, dict[str, int]] = {}
 
     def ipi_latency(self, src_cpu: int, dst_cpu: int) -> int:
         """Delivery time of an IPI from one CPU's local APIC to another's."""
