@@ -37,7 +37,7 @@ from kdumpsim.vmcoreinfo import vmcoreinfo_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "modern-x86_64.yaml"
-REAL_VMCOREINFO = Path("/work/shared/reference/real-vmcore-6.1/kdump-kexec_load-la57.vmcoreinfo.txt")
+REAL_VMCOREINFO = Path(__file__).parent / "data" / "real-6.1.vmcoreinfo.txt"   # copied from shared/reference/
 SMALL = ('memory.iomem=["00000000-00000fff : reserved", "00001000-0009fbff : System RAM", '
          '"0009fc00-0009ffff : reserved", "000f0000-000fffff : System ROM", '
          '"00100000-05ffffff : System RAM", "06000000-07ffffff : reserved", '
