@@ -36,7 +36,7 @@ class VmcoreCopy:
 
 
 def capture_kernel(run: CrashRun) -> Generator:
-    env, t, m = run.env, run.timing, run.machine
+    env, t = run.env, run.timing
     jump = env.now
     run.phase["capture_boot_start"] = jump
     run.trace(env.now, "capture", "boot_start", cmdline=run.image.cmdline)
