@@ -357,6 +357,12 @@ class _FieldError(ValueError):
 
 
 def _check_consistency(m: ModelConfig) -> None:
+    if m.arch == "x86_64" and (m.era == "2005" or m.design == "2004"):
+        # kexec-tools of 2005 (cd18217) had crash-dump support for i386 only;
+        # x86_64 kdump came to kexec-tools in 2006 (docs/SOURCES.md).
+        field = "era" if m.era == "2005" else "design"
+        raise _FieldError(field, f"{field} {getattr(m, field)!r} is i386 only: kdump for x86_64 came in 2006; "
+                                 "use arch: i386, or era: modern with design: \"2005\"")
     c = m.cpus
     if c.panic_cpu >= c.count:
         raise _FieldError("cpus.panic_cpu", f"CPU {c.panic_cpu} does not exist: cpus.count is {c.count}, "

@@ -88,7 +88,6 @@ KERNEL_TEXT_SIZE_X86_64 = 32 * MiB     # kernel-text PT_LOAD size (assumption; 5
 PAGE_OFFSET = {  # direct map base (FACTS.md, "PT_LOAD p_vaddr")
     ("i386", "2005"): 0xC000_0000,
     ("i386", "modern"): 0xC000_0000,
-    ("x86_64", "2005"): 0xFFFF_8100_0000_0000,
     ("x86_64", "modern"): 0xFFFF_8880_0000_0000,
 }
 I386_LOWMEM_LIMIT = 896 * MiB            # above this i386 has no direct-map vaddr
