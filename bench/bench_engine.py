@@ -8,6 +8,8 @@ call (with the kexec load and the metrics), each against the bare loop.
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import time
 
 import simpy
@@ -48,6 +50,43 @@ def bare_loop(events: int) -> None:
     env.run()
 
 
+class ProfilingEnvironment(simpy.Environment):
+    """Profiles env.run only (the event loop), to say what dominates it."""
+    stats: pstats.Stats | None = None
+
+    def run(self, until=None):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return super().run(until)
+        finally:
+            prof.disable()
+            ProfilingEnvironment.stats = pstats.Stats(prof)
+
+
+def where_time_goes(cfg) -> list[tuple[str, float]]:
+    """Shares of the event loop's own time (cProfile tottime), grouped."""
+    simulate(cfg, 1, env_type=ProfilingEnvironment)
+    groups: dict[str, float] = {}
+    for (path, _, name), (_, _, tottime, _, _) in ProfilingEnvironment.stats.stats.items():
+        if "HASH" in name or "sha256" in name:
+            key = "sha256 of the segments (real bytes)"
+        elif "simpy" in path:
+            key = "SimPy scheduling"
+        elif name in ("getrandbits", "randbytes", "<method 'randbytes' of '_random.Random' objects>") \
+                or "getrandbits" in name or "randbytes" in name:
+            key = "generating DMA payload bytes"
+        elif path.endswith("ram.py"):
+            key = "simulated RAM (per-page write deltas, reads)"
+        elif "kdumpsim" in path:
+            key = "the rest of the model (" + path.rsplit("/", 1)[-1] + ")"
+        else:
+            key = "other built-ins"
+        groups[key] = groups.get(key, 0.0) + tottime
+    total = sum(groups.values())
+    return sorted(((k, v / total) for k, v in groups.items()), key=lambda kv: -kv[1])
+
+
 def main() -> dict:
     cfg = load_model(ROOT / "models/modern-x86_64.yaml")
     simulate(cfg, 0)                     # warm caches (stand-in images, imports)
@@ -76,6 +115,10 @@ def main() -> dict:
     print(f"  whole simulate()  {1 / whole_per_event:>12,.0f} events/s  = {out['whole_ratio']:.1f}x "
           f"({out['run_seconds'] * 1000:.0f} ms per run)")
     print(f"  bare SimPy loop   {out['bare_events_per_s']:>12,.0f} events/s")
+    shares = where_time_goes(cfg)
+    print("  where the event loop's time goes (cProfile): "
+          + "; ".join(f"{name} {share:.0%}" for name, share in shares[:6]))
+    out["shares"] = shares
     return out
 
 
