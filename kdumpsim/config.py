@@ -21,6 +21,15 @@ from . import defaults as D
 from .units import fmt_size, parse_duration, parse_rate, parse_size
 
 
+class LayoutError(Exception):
+    """An impossible machine or kexec layout (found while laying it out): says
+    which field and why. Callers that know the file turn it into ConfigError."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 class ConfigError(Exception):
     """A bad model or experiment file: names the file, the dotted field and what is wrong."""
 
@@ -443,7 +452,6 @@ def _check_iomem(m: ModelConfig) -> None:
 def _check_segments_fit(m: ModelConfig, ram: list[tuple[int, int]]) -> None:
     """The capture kernel and initrd must fit the reservation (checked here, before their bytes exist)."""
     from .kexec import parse_crashkernel
-    from .machine import LayoutError
     try:
         size, _ = parse_crashkernel(m.kexec.crashkernel, sum(e - s for s, e in ram))
     except LayoutError:

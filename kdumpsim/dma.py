@@ -57,17 +57,30 @@ class DmaEngine:
 
 
 # ---------------------------------------------------------------- placement
+class IovaSpace:
+    """IOVAs handed out top-down from `base`, one run of pages per buffer."""
+
+    def __init__(self, base: int):
+        self.next = base
+
+    def map(self, addr: int, size: int) -> int:
+        self.next -= -(-size // D.PAGE_SIZE) * D.PAGE_SIZE
+        return self.next + addr % D.PAGE_SIZE
+
+
 def make_engines(run: CrashRun) -> list[DmaEngine]:
+    cfg = run.machine.cfg
     engines = []
-    iova_next = {"next": run.machine.cfg.topology.iommu.iova_base} if run.machine.cfg.topology.iommu else None
-    for i, spec in enumerate(run.machine.cfg.devices):
+    iommu = IovaSpace(cfg.topology.iommu.iova_base) if cfg.topology.iommu else None
+    behind = {b.name for b in cfg.topology.buses if b.iommu}
+    for i, spec in enumerate(cfg.devices):
         eng = DmaEngine(i, spec, run.machine.rng("device", spec.name))
         free = _placement_space(run, i, spec)
-        sizes = _buffer_sizes(spec)
+        iova = iommu if spec.bus in behind else None
         ring_size = _ring_size(spec)
         if ring_size:
-            eng.ring = _alloc(run, i, free, ring_size, eng.rng, iova_next)
-        eng.buffers = [_alloc(run, i, free, s, eng.rng, iova_next) for s in sizes]
+            eng.ring = _alloc(i, free, ring_size, eng.rng, iova)
+        eng.buffers = [_alloc(i, free, s, eng.rng, iova) for s in _buffer_sizes(spec)]
         run.trace(run.env.now, spec.name, "dma_buffers_mapped", device_kind=spec.kind, buffers=len(eng.buffers),
                   lowest=min(b.phys for b in eng.buffers), highest=max(b.phys + b.size for b in eng.buffers))
         engines.append(eng)
@@ -103,22 +116,12 @@ def _placement_space(run: CrashRun, index: int, spec: DeviceBase) -> RandomPlace
     return RandomPlacer(space, m.taken)
 
 
-def _alloc(run: CrashRun, index: int, free: RandomPlacer, size: int, rng: random.Random,
-           iova_next: dict | None) -> Buffer:
+def _alloc(index: int, free: RandomPlacer, size: int, rng: random.Random, iova: IovaSpace | None) -> Buffer:
     align = min(D.PAGE_SIZE, 1 << max(0, (size - 1).bit_length()))
     addr = free.place(rng, size, align)
     if addr is None:
         raise LayoutError(f"devices.{index}.placement", f"no room for a {size}-byte DMA buffer")
-    iova = addr
-    if iova_next is not None and run.machine.cfg.topology.buses and _behind_iommu(run, index):
-        iova_next["next"] -= -(-size // D.PAGE_SIZE) * D.PAGE_SIZE
-        iova = iova_next["next"] + (addr % D.PAGE_SIZE)
-    return Buffer(addr, iova, size)
-
-
-def _behind_iommu(run: CrashRun, index: int) -> bool:
-    spec = run.machine.cfg.devices[index]
-    return next(b.iommu for b in run.machine.cfg.topology.buses if b.name == spec.bus)
+    return Buffer(addr, iova.map(addr, size) if iova else addr, size)
 
 
 # ---------------------------------------------------------------- writing

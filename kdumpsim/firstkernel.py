@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import defaults as D
+from .config import LayoutError
 from .units import GiB, MiB, parse_duration
 
 if TYPE_CHECKING:
@@ -118,7 +119,6 @@ class FirstKernel:
     """Where the first kernel's structures sit, and their content."""
 
     def __init__(self, m: Machine):
-        from .machine import LayoutError
         self.m = m
         self.version = m.cfg.kernel.version or D.KERNEL_VERSION_MODERN
         self.prb = self.version != "4.18"                    # lockless ring buffer from 5.10 on
@@ -258,7 +258,6 @@ class FirstKernel:
         if self._brk < BRK[1]:
             paddr, self._brk = self.image + self._brk, self._brk + PAGE
         else:
-            from .machine import LayoutError
             paddr = self.m.first_kernel_free.alloc(PAGE, PAGE, top_down=True)
             if paddr is None:
                 raise LayoutError("memory.iomem", "no room for the page tables in free System RAM")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import defaults as D
 from . import elf
+from .config import LayoutError
 from .ranges import FreeRanges, RandomPlacer, align_up
 from .units import KiB, MiB, fmt_size, parse_duration, parse_size
 
@@ -32,7 +33,6 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
     The range form picks the size for this much System RAM, as
     kernel/crash_core.c parse_crashkernel_mem does.
     """
-    from .machine import LayoutError
     text = spec.strip()
     if not text:
         raise LayoutError("kexec.crashkernel", "crashkernel is empty; use e.g. 32M@16M (size@base) or 256M")
@@ -64,7 +64,6 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
 
 
 def _size(field_: str, text: str, spec: str = "", what: str = "size") -> int:
-    from .machine import LayoutError
     try:
         return parse_size(text)
     except ValueError as e:
@@ -97,7 +96,7 @@ def _what_is_at(machine: Machine, start: int, end: int) -> str:
 
 def reserve_crashkernel(machine: Machine) -> Reservation:
     """Place the reservation as the kernel does, or explain why it cannot."""
-    from .machine import LayoutError, Reservation
+    from .machine import Reservation
     spec = machine.cfg.kexec.crashkernel
     size, base = parse_crashkernel(spec, machine.ram_total)
     if base is not None:
@@ -179,7 +178,6 @@ def kexec_load(machine: Machine) -> KexecImage:
     """Lay the segments out as kexec-tools does and load them into simulated RAM."""
     image = _layout_2004(machine) if machine.cfg.design == "2004" else _layout_2005(machine)
     if len(image.segments) > D.KEXEC_SEGMENT_MAX:
-        from .machine import LayoutError
         raise LayoutError("kexec", f"{len(image.segments)} segments, kexec_load takes at most {D.KEXEC_SEGMENT_MAX}")
     for seg in image.segments:
         if seg.sources is None:
@@ -256,7 +254,7 @@ def _layout_2005(machine: Machine) -> KexecImage:
     cmdline = capture_cmdline(machine, ordered, hdr_seg.start)
     segs["params"].data = _params_segment(cmdline)
     if len(segs["params"].data) > segs["params"].memsz:
-        raise _layout_error("kexec.append", f"command line of {len(cmdline)} bytes does not fit the parameter block")
+        raise LayoutError("kexec.append", f"command line of {len(cmdline)} bytes does not fit the parameter block")
     for name in ("kernel", "initrd", "purgatory"):
         if name in segs:
             segs[name].image = (name, len(segs[name].data))
@@ -264,11 +262,6 @@ def _layout_2005(machine: Machine) -> KexecImage:
     regions = [(s.start, s.memsz) for s in ordered if s.hashed]
     return KexecImage(ordered, cmdline, segs["kernel"].start, hdr_seg.start, len(hdr_seg.data), backup_src,
                       backup.start if backup else None, digest, regions)
-
-
-def _layout_error(field_: str, message: str) -> Exception:
-    from .machine import LayoutError
-    return LayoutError(field_, message)
 
 
 def _layout_2004(machine: Machine) -> KexecImage:
@@ -314,7 +307,6 @@ def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
 
 
 def _too_small(machine: Machine, what: str, need: int) -> None:
-    from .machine import LayoutError
     k = machine.cfg.kexec
     total = (k.capture_kernel_size or 0) + (k.initrd_size or 0) + D.PURGATORY_SIZE + D.PARAMS_SIZE \
         + D.ELFCOREHDR_MIN_MEMSZ + D.BACKUP_SIZE_2005

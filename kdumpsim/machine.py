@@ -9,19 +9,11 @@ import random
 from dataclasses import dataclass, field
 
 from . import defaults as D
-from .config import ModelConfig
+from .config import LayoutError, ModelConfig  # noqa: F401  (LayoutError re-exported)
 from .ram import PhysicalMemory
 from .ranges import FreeRanges, RandomPlacer, Taken, overlaps
 from .topology import Topology
 from .units import MiB, fmt_size
-
-
-class LayoutError(Exception):
-    """An impossible machine or kexec layout: says which field and why."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
