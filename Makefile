@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 golden: $(STAMP)
-	$(PY) -m kdumpsim.golden --regen
+	$(PY) -m kdumpsim.sweep.golden --regen
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -16,7 +16,7 @@ def argv(ram: str, cpus: int) -> list[str]:
              + (f', "100000000-{RAM[ram]} : System RAM"]' if ram != "1G" else "]"))
     if ram == "1G":
         iomem = '["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]'
-    return [PY, "-m", "kdumpsim.cli", "run", "models/modern-x86_64.yaml", "--quiet",
+    return [PY, "-m", "kdumpsim", "run", "models/modern-x86_64.yaml", "--quiet",
             "--set", f"memory.iomem={iomem}", "--set", f"cpus.count={cpus}", "--set", "cpus.panic_cpu=1",
             "--set", "kexec.crashkernel=256M"]
 

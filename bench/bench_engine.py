@@ -15,8 +15,8 @@ import time
 import simpy
 
 from common import ROOT, best_of, machine
-from kdumpsim.config import load_model
-from kdumpsim.sim import simulate
+from kdumpsim.config.model import load_model
+from kdumpsim.measure import simulate
 
 
 class CountingEnvironment(simpy.Environment):

@@ -9,9 +9,9 @@ import hashlib
 import simpy
 
 from common import ROOT, best_of, machine
-from kdumpsim.config import load_model
-from kdumpsim.purgatory import verify_sha256_digest
-from kdumpsim.sim import simulate
+from kdumpsim.config.model import load_model
+from kdumpsim.crash.purgatory import verify_sha256_digest
+from kdumpsim.measure import simulate
 
 
 def main() -> dict:

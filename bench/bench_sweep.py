@@ -58,7 +58,7 @@ def main() -> dict:
     d = Path(tempfile.mkdtemp(prefix="kdumpsim-sweep-"))
     try:
         exp = experiment_file(d)
-        base = [PY, "-m", "kdumpsim.cli", "experiment", str(exp), "--no-progress"]
+        base = [PY, "-m", "kdumpsim", "experiment", str(exp), "--no-progress"]
         t1 = timed(base + ["--workers", "1", "--out", str(d / "w1")])
         t2 = timed(base + ["--workers", "2", "--out", str(d / "w2")])
         procs, sched = dask_cluster(d)

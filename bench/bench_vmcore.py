@@ -18,9 +18,9 @@ from common import PY, ROOT, child, machine
 
 WRITER = """
 import os, sys, time
-from kdumpsim.config import load_model
-from kdumpsim.sim import simulate
-from kdumpsim.vmcore import write_vmcore
+from kdumpsim.config.model import load_model
+from kdumpsim.measure import simulate
+from kdumpsim.formats.vmcore import write_vmcore
 run = simulate(load_model("models/modern-x86_64.yaml"), 1)
 t = time.perf_counter()
 n = write_vmcore(run, sys.argv[1])

@@ -7,7 +7,7 @@ model code never hard-codes a figure of its own.
 
 from __future__ import annotations
 
-from .units import GiB, KiB, MiB
+from kdumpsim.units import GiB, KiB, MiB
 
 PAGE_SIZE = 4096  # x86 base page (arch/x86/include/asm/page_types.h PAGE_SHIFT 12)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kdumpsim.analysis import ANALYSIS_COLUMNS
+from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_analyse_columns_are_measured_and_deterministic(tmp_path: Path, tool: st
     tables = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        subprocess.run([sys.executable, "-m", "kdumpsim.cli", "experiment", str(exp), "--out", str(out),
+        subprocess.run([sys.executable, "-m", "kdumpsim", "experiment", str(exp), "--out", str(out),
                         "--workers", str(workers), "--no-progress"], cwd=ROOT, check=True, capture_output=True)
         tables.append(pd.read_parquet(out / "results.parquet"))
         assert not list((out / "scratch").rglob("*.vmcore")), "analysed vmcores are deleted"

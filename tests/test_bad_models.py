@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpsim.cli import main
+from kdumpsim.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_DIR = ROOT / "tests" / "bad_models"
@@ -93,7 +93,7 @@ def test_no_traceback_reaches_a_real_terminal(stem: str) -> None:
     path = CORPUS_DIR / f"{stem}.yaml"
     fragment, field = expectation(path)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "kdumpsim.cli", "validate", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "kdumpsim", "validate", str(path)],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     check_error(proc.returncode, proc.stderr, str(path), fragment, field)
     assert proc.stdout == ""
@@ -163,7 +163,7 @@ def test_shipped_models_validate(path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_friendly_spellings_are_accepted() -> None:
     # era: 2005 unquoted is a YAML integer; crashkernel given as a bare byte count
-    from kdumpsim.config import load_model
+    from kdumpsim.config.model import load_model
     cfg = load_model(PAPER, ["era=2005", "design=2005"])
     assert (cfg.era, cfg.design) == ("2005", "2005")
     cfg = load_model(MODERN, [f"kexec.crashkernel={256 << 20}"])

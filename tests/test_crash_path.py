@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kdumpsim.config import load_model
-from kdumpsim.kexec import kexec_load
-from kdumpsim.machine import Machine
-from kdumpsim.metrics import truth_page
-from kdumpsim.report import build_report, dumps
-from kdumpsim.sim import OUTCOMES, simulate
+from kdumpsim.config.model import load_model
+from kdumpsim.kexec.load import kexec_load
+from kdumpsim.machine.layout import Machine
+from kdumpsim.measure.metrics import truth_page
+from kdumpsim.measure.report import build_report, dumps
+from kdumpsim.names import OUTCOMES
+from kdumpsim.measure import simulate
 from kdumpsim.units import MiB
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import pytest
 from conftest import require_tool
 from elftools.elf.elffile import ELFFile
 
-from kdumpsim import elf
-from kdumpsim.elf import ELFCLASS32, ELFCLASS64, ElfFormatError, Phdr
+from kdumpsim.formats import elf
+from kdumpsim.formats.elf import ELFCLASS32, ELFCLASS64, ElfFormatError, Phdr
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "real-6.1-head8k.vmcore"

@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from kdumpsim.cli import main
-from kdumpsim.config import load_model, model_from_dict
-from kdumpsim.experiment import (CAPTURE_OK, check_layouts, load_experiment, override_text, run_seed)
-from kdumpsim.machine import derive_seed
-from kdumpsim.report import run_record
-from kdumpsim.results import Share, build_table, summarize, wilson
-from kdumpsim.sim import simulate
+from kdumpsim.cli.main import main
+from kdumpsim.config.model import load_model, model_from_dict
+from kdumpsim.names import CAPTURE_OK
+from kdumpsim.sweep.design import check_layouts, load_experiment, override_text, run_seed
+from kdumpsim.machine.layout import derive_seed
+from kdumpsim.measure.record import run_record
+from kdumpsim.sweep.results import Share, build_table, summarize, wilson
+from kdumpsim.measure import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "tests" / "experiments"
@@ -189,7 +190,7 @@ def test_seeds_are_derived_and_stable(tmp_path: Path) -> None:
 
 
 def test_override_text_round_trips() -> None:
-    from kdumpsim.config import parse_override
+    from kdumpsim.config.model import parse_override
     for value in ["256M@64M", "2004", "0ms", None, 3, 0.5, {"mode": "range", "start": "1M", "end": "16M"},
                   [1, "a"], "yes", "a: b"]:
         assert parse_override(f"k={override_text(value)}") == ("k", value)
@@ -452,7 +453,7 @@ def test_vmcores_of_first_runs(tmp_path: Path) -> None:
     assert with_dump
     files = sorted(p.name for p in (out / "vmcores").glob("*.vmcore"))
     assert files == [f"point-{p:05d}.vmcore" for p in sorted(with_dump)]
-    from kdumpsim.inspect import inspect_vmcore
+    from kdumpsim.formats.reader import inspect_vmcore
     assert inspect_vmcore(str(out / "vmcores" / files[0]))
 
 

@@ -1,5 +1,5 @@
 """Golden timelines: every shipped model with fixed seeds keeps its event
-order and times. A change on purpose: `.venv/bin/python -m kdumpsim.golden --regen`
+order and times. A change on purpose: `.venv/bin/python -m kdumpsim.sweep.golden --regen`
 (`make golden`), then review the diff of tests/golden/ like any other change."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from kdumpsim import golden
-from kdumpsim.trace import Event
+from kdumpsim.sweep import golden as golden
+from kdumpsim.trace.events import Event
 
 CASES = golden.cases()
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdumpsim import elf
-from kdumpsim.elf import ELFCLASS32, ELFCLASS64, Phdr
-from kdumpsim.inspect import InspectError, format_summary, inspect_vmcore
+from kdumpsim.formats import elf
+from kdumpsim.formats.elf import ELFCLASS32, ELFCLASS64, Phdr
+from kdumpsim.errors import InspectError
+from kdumpsim.formats.reader import format_summary, inspect_vmcore
 
 SAMPLE = Path(__file__).parent / "data" / "real-6.1-head8k.vmcore"
 EM_AARCH64 = 183
@@ -263,13 +264,13 @@ def test_descsz_note_mentions_running_past(tmp_path: Path) -> None:
 
 
 def test_note_bytes_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kdumpsim.inspect.MAX_NOTE_BYTES", 500)
+    monkeypatch.setattr("kdumpsim.formats.reader.MAX_NOTE_BYTES", 500)
     with pytest.raises(InspectError, match=r"offset 0x1000: PT_NOTE segments hold more than 500 bytes"):
         inspect_vmcore(write(tmp_path, CORE))
 
 
 def test_note_count_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kdumpsim.inspect.MAX_NOTES", 2)
+    monkeypatch.setattr("kdumpsim.formats.reader.MAX_NOTES", 2)
     with pytest.raises(InspectError, match=r"offset 0x12c8: more than 2 notes"):
         inspect_vmcore(write(tmp_path, CORE))
 

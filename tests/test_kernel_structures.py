@@ -26,14 +26,13 @@ import pytest
 from conftest import require_tool
 
 from kdumpsim import defaults as D
-from kdumpsim import firstkernel as FK
-from kdumpsim.analysis import (analyse_vmcore, dumped_pfns, expected_filter, kdump_bitmaps, kdumpfile_probe,
-                               parse_filter_report)
-from kdumpsim.config import load_model
-from kdumpsim.printk import expected_dmesg
-from kdumpsim.sim import simulate
-from kdumpsim.vmcore import _base_block, _Pattern, dump_bytes, write_vmcore
-from kdumpsim.vmcoreinfo import vmcoreinfo_lines
+from kdumpsim.firstkernel import mm as FK
+from kdumpsim.measure.analysis import analyse_vmcore, dumped_pfns, expected_filter, kdump_bitmaps, kdumpfile_probe, parse_filter_report
+from kdumpsim.config.model import load_model
+from kdumpsim.firstkernel.printk import expected_dmesg
+from kdumpsim.measure import simulate
+from kdumpsim.formats.vmcore import _base_block, _Pattern, dump_bytes, write_vmcore
+from kdumpsim.firstkernel.vmcoreinfo import vmcoreinfo_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "modern-x86_64.yaml"
@@ -140,7 +139,7 @@ def test_kernel_structures_are_dma_regions() -> None:
 
 def test_the_log_holds_the_run() -> None:
     run = _sim()
-    log = expected_dmesg(run)
+    log = expected_dmesg(run.machine)
     assert log[0].startswith("[    0.000000] Linux version 6.1.0-kdumpsim")
     assert any("Reserving 64MB of memory at" in line and "for crashkernel" in line for line in log)
     assert any("Kernel panic - not syncing: sysrq triggered crash" in line for line in log)
@@ -155,7 +154,7 @@ def test_makedumpfile_dump_dmesg_prints_the_runs_log(dumps, tmp_path) -> None:
         out = tmp_path / f"dmesg-{version}.txt"
         p = subprocess.run([mdf, "--dump-dmesg", str(path), str(out)], capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
-        assert out.read_text().splitlines() == expected_dmesg(run), version
+        assert out.read_text().splitlines() == expected_dmesg(run.machine), version
 
 
 def test_crash_log_prints_the_old_format_log(dumps) -> None:
@@ -163,7 +162,7 @@ def test_crash_log_prints_the_old_format_log(dumps) -> None:
     run, path = dumps["4.18"]
     p = subprocess.run([crash, "--log", str(path)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == expected_dmesg(run)
+    assert p.stdout.splitlines() == expected_dmesg(run.machine)
 
 
 def test_makedumpfile_d31_excludes_exactly_the_simulated_pages(dumps, tmp_path) -> None:

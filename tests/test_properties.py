@@ -34,10 +34,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 
-from kdumpsim.config import read_yaml, validate_model
-from kdumpsim.machine import LayoutError
-from kdumpsim.sim import OUTCOMES, CrashRun, simulate
-from kdumpsim.timeline import to_perfetto
+from kdumpsim.config.model import read_yaml, validate_model
+from kdumpsim.errors import LayoutError
+from kdumpsim.names import OUTCOMES
+from kdumpsim.crash.run import CrashRun
+from kdumpsim.measure import simulate
+from kdumpsim.trace.timeline import to_perfetto
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = {p.stem: read_yaml(p) for p in sorted((ROOT / "models").glob("*.yaml"))}

@@ -26,7 +26,7 @@ def kdumpsim(*args: str, limit_bytes: int | None = None, **kw) -> subprocess.Pop
         if limit_bytes is not None:
             import resource
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-    return subprocess.Popen([sys.executable, "-m", "kdumpsim.cli", *args], cwd=ROOT, preexec_fn=preexec,
+    return subprocess.Popen([sys.executable, "-m", "kdumpsim", *args], cwd=ROOT, preexec_fn=preexec,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

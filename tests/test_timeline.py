@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kdumpsim.cli import main
-from kdumpsim.config import load_model
-from kdumpsim.sim import simulate
-from kdumpsim.timeline import (TraceError, build_timeline, perfetto_json, plot_gantt, read_trace,
-                               region_classifier, to_perfetto)
-from kdumpsim.trace import Event, read_jsonl
+from kdumpsim.cli.main import main
+from kdumpsim.config.model import load_model
+from kdumpsim.measure import simulate
+from kdumpsim.errors import TraceError
+from kdumpsim.trace.timeline import build_timeline, perfetto_json, plot_gantt, read_trace, region_classifier, to_perfetto
+from kdumpsim.trace.events import Event, read_jsonl
 from kdumpsim.units import MiB
 
 ROOT = Path(__file__).resolve().parents[1]

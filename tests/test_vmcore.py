@@ -27,11 +27,12 @@ from conftest import require_tool
 from elftools.elf.elffile import ELFFile
 
 from kdumpsim import defaults as D
-from kdumpsim import elf
-from kdumpsim.config import load_model
-from kdumpsim.report import build_report, dumps
-from kdumpsim.sim import CrashRun, simulate
-from kdumpsim.vmcore import dump_bytes, write_oldmem, write_vmcore
+from kdumpsim.formats import elf
+from kdumpsim.config.model import load_model
+from kdumpsim.measure.report import build_report, dumps
+from kdumpsim.crash.run import CrashRun
+from kdumpsim.measure import simulate
+from kdumpsim.formats.vmcore import dump_bytes, write_oldmem, write_vmcore
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -565,7 +566,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(built: dict[str, Built], mo
 def test_cli_run_then_inspect(tmp_path: Path) -> None:
     case = CASES["i386-2005-1"]
     report, vmcore = tmp_path / "r.json", tmp_path / "v.vmcore"
-    cli = [sys.executable, "-m", "kdumpsim.cli"]
+    cli = [sys.executable, "-m", "kdumpsim"]
     sets = [a for o in case.overrides for a in ("--set", o)]
     proc = subprocess.run(cli + ["run", str(case.path), "--seed", "3", *sets, "--report", str(report),
                                  "--vmcore", str(vmcore), "--quiet"],

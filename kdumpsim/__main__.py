@@ -1,0 +1,7 @@
+"""`python -m kdumpsim` is `kdumpsim`."""
+
+import sys
+
+from kdumpsim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""The `kdumpsim` command. Every subcommand has --help with an example.
+
+Exit status: 0 success, 1 the run failed to produce what was asked (e.g. a
+vmcore from a run that has none), 2 bad input (model, experiment, file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from kdumpsim import __version__
+from kdumpsim.cli import experiment as cli_experiment
+from kdumpsim.cli import timeline as cli_timeline
+from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError
+
+EPILOG_RUN = """examples:
+  kdumpsim run models/paper-i386-2005.yaml
+  kdumpsim run models/modern-x86_64.yaml --seed 7 --report out/run.json --trace out/trace.jsonl
+  kdumpsim run models/paper-i386-2005.yaml --set devices.eth0.packet_rate=20000 --vmcore out/vmcore
+"""
+EPILOG_VALIDATE = """example:
+  kdumpsim validate models/modern-x86_64.yaml
+"""
+EPILOG_INSPECT = """examples:
+  kdumpsim inspect out/vmcore
+  kdumpsim inspect /var/crash/127.0.0.1-2026-11-26/vmcore --json
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every known error kind becomes a message
+        code, msg = _explain(e)
+        if code is None:
+            raise
+        print(f"kdumpsim: error: {msg}", file=sys.stderr)
+        return code
+
+
+def _explain(e: Exception) -> tuple[int | None, str]:
+    """(exit status, one line) for an error a user should see; (None, "") for a bug."""
+    if isinstance(e, LayoutError) and e.field:   # one that load()/simulate_checked() did not attribute to a file
+        return e.exit_status, f"{e.field}: {e}"
+    if isinstance(e, KdumpsimError):
+        return e.exit_status, str(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return 1, f"{where}{e.strerror or e}"
+    return None, ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kdumpsim",
+        description="Simulate a Linux machine's crash and kdump's capture path (kexec, NMI shootdown, "
+                    "purgatory, capture kernel, DMA that keeps going) and write real ELF vmcores.",
+        epilog="start with: kdumpsim run models/paper-i386-2005.yaml   (then: kdumpsim <command> --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"kdumpsim {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    _add(sub, "run", "simulate one crash of a model", EPILOG_RUN, _run_args, cmd_run)
+    _add(sub, "validate", "check a model file and show its crashkernel layout", EPILOG_VALIDATE,
+         lambda a: a.add_argument("model", help="model YAML (see models/)"), cmd_validate)
+    _add(sub, "inspect", "summarise any ELF vmcore (ours or a real /proc/vmcore copy)", EPILOG_INSPECT,
+         _inspect_args, cmd_inspect)
+    cli_timeline.register(sub)
+    cli_experiment.register(sub)
+    return p
+
+
+def _add(sub, name: str, help_: str, epilog: str, args: Callable, func: Callable) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    args(sp)
+    sp.set_defaults(func=func)
+    return sp
+
+
+def _run_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("model", help="model YAML (see models/)")
+    a.add_argument("--seed", type=int, default=0, help="run seed (default 0); same model + seed = same bytes")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model field by dotted key, e.g. timing.capture_boot=20s or "
+                        "devices.nic0.start=5ms (repeatable)")
+    a.add_argument("--report", metavar="OUT.json", help="write the run report (JSON)")
+    a.add_argument("--trace", metavar="OUT.jsonl", help="write every event, one JSON object per line")
+    a.add_argument("--vmcore", metavar="OUT.vmcore", help="write /proc/vmcore as the capture kernel's copy read it")
+    a.add_argument("--oldmem", metavar="OUT.raw", help="write the /dev/oldmem raw view (sparse file)")
+    a.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def _inspect_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("file", help="an ELF core file (vmcore)")
+    a.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def load(model: str, overrides: list[str]):
+    """Load and lay out a model; layout errors name the model file."""
+    from kdumpsim.config.model import load_model
+    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.machine.layout import Machine
+    cfg = load_model(model, overrides)
+    try:
+        kexec_load(Machine(cfg, 0))     # the reservation and the segments in it
+    except LayoutError as e:
+        raise ConfigError(model, e.field, str(e)) from None
+    return cfg
+
+
+def simulate_checked(model: str, cfg, seed: int):
+    from kdumpsim.measure import simulate
+    try:
+        return simulate(cfg, seed)
+    except LayoutError as e:
+        raise ConfigError(model, e.field, str(e)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdumpsim.atomic import write_text
+    from kdumpsim.measure.report import build_report, dumps
+    from kdumpsim.names import OUTCOMES
+    cfg = load(args.model, args.overrides)
+    run = simulate_checked(args.model, cfg, args.seed)
+    report = build_report(run)
+    if args.report:
+        write_text(args.report, dumps(report))
+    if args.trace:
+        from kdumpsim.atomic import atomic_write
+        with atomic_write(args.trace, "w") as fh:
+            run.trace.write_jsonl(fh)
+    if args.vmcore or args.oldmem:
+        from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
+        if args.vmcore:
+            write_vmcore(run, args.vmcore)
+        if args.oldmem:
+            write_oldmem(run, args.oldmem)
+    if not args.quiet:
+        print(_run_summary(run, OUTCOMES))
+    return 0
+
+
+def _run_summary(run, outcomes: dict[str, str]) -> str:
+    m = run.metrics
+    lines = [f"model      {run.machine.cfg.name} (seed {run.seed})",
+             f"outcome    {run.outcome}: {outcomes[run.outcome]}",
+             f"reserved   {run.machine.describe_reservation()}  crashkernel={run.machine.reservation.spec}",
+             f"cmdline    {run.image.cmdline}",
+             f"cpus       {m['cpus_saved']}/{len(run.cpus)} notes saved"
+             + (f", missing: {m['cpus_missing']}" if m["cpus_missing"] else "")]
+    for name, ns in sorted(m["phase_ns"].items(), key=lambda kv: kv[1]):
+        lines.append(f"  {ns / 1e9:12.6f} s  {name}")
+    if m["dump_fidelity"] is not None:
+        lines.append(f"fidelity   {m['dump_fidelity']:.6f} ({m['dump_pages_corrupted']} of {m['dump_pages']} "
+                     "dumped pages differ from RAM at the panic)")
+    for region, r in m["regions"].items():
+        if r["bytes"]:
+            who = ", ".join(f"{w} {v['bytes']} B" for w, v in r["writers"].items())
+            lines.append(f"corrupted  {region}: {r['bytes']} bytes in {r['pages']} pages ({who})")
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.machine.layout import Machine
+    cfg = load(args.model, [])
+    m = Machine(cfg, 0)
+    image = kexec_load(m)
+    print(f"{args.model}: ok ({cfg.name}: {cfg.arch}, {cfg.cpus.count} CPUs, "
+          f"{m.ram_total / 2**30:.2f} GiB RAM, era {cfg.era}, design {cfg.design})")
+    print(f"reservation {m.describe_reservation()}")
+    for s in image.segments:
+        print(f"  {s.name:<11} {s.start:#014x}-{s.end - 1:#014x}  {s.memsz:>10} bytes")
+    print(f"cmdline {image.cmdline}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from kdumpsim.formats.reader import format_summary, inspect_vmcore
+    summary = inspect_vmcore(args.file)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(format_summary(summary))
+    return 0

@@ -1,0 +1,789 @@
+"""Model files (models/*.yaml): one validated schema, errors that name the field.
+
+Defaults come from kdumpsim.defaults; fields whose default depends on the
+kernel era (2005 or modern) are None here and filled by `_fill_era_defaults`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from kdumpsim import defaults as D
+from kdumpsim.units import fmt_size, parse_duration, parse_rate, parse_size
+from kdumpsim.errors import ConfigError, LayoutError
+
+
+def _nonneg_size(v: Any) -> int:
+    if isinstance(v, str) and v.strip().startswith("-"):
+        raise ValueError(f"size must not be negative, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"expected a size such as 32M, got {v!r}")
+    if not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a size such as 32M or 0x1000000, got {_describe(v)}")
+    n = parse_size(v)
+    if n < 0:
+        raise ValueError(f"size must not be negative, got {v!r}")
+    if n >= 1 << 64:
+        raise ValueError(f"size {v!r} is beyond a 64-bit address space")
+    return n
+
+
+def _duration(v: Any) -> int:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"expected a finite duration such as 10ms, got {v!r}")
+    if not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a duration such as 2us, 1ms or 10s, got {_describe(v)}")
+    try:
+        return parse_duration(v)
+    except OverflowError:
+        raise ValueError(f"duration {v!r} is too large") from None
+
+
+def _nonneg_duration(v: Any) -> int:
+    ns = _duration(v)
+    if ns < 0:
+        raise ValueError(f"duration must not be negative, got {v!r}")
+    return ns
+
+
+def _rate(v: Any) -> float:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"expected a finite rate such as 270MB/s, got {v!r}")
+    if not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a rate such as 270MB/s or 1GiB/s, got {_describe(v)}")
+    r = parse_rate(v)
+    if not math.isfinite(r):
+        raise ValueError(f"expected a finite rate such as 270MB/s, got {v!r}")
+    return r
+
+
+def _not_bool(kind: str):
+    def check(v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"expected {kind}, got {_describe(v)}")
+        return v
+    return check
+
+
+def _text(v: Any) -> Any:
+    """Accept a bare YAML number where text is wanted (era: 2005, crashkernel: 256M is a string anyway)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+Size = Annotated[int, BeforeValidator(_nonneg_size)]
+Duration = Annotated[int, BeforeValidator(_nonneg_duration)]   # integer ns, >= 0
+SignedDuration = Annotated[int, BeforeValidator(_duration)]    # integer ns, may be negative
+Rate = Annotated[float, BeforeValidator(_rate)]                # bytes/s, > 0
+Int = Annotated[int, BeforeValidator(_not_bool("an integer"))]
+Float = Annotated[float, BeforeValidator(_not_bool("a number"))]
+Era = Annotated[Literal["2005", "modern"], BeforeValidator(_text)]
+Design = Annotated[Literal["2005", "2004"], BeforeValidator(_text)]
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error a model validator raises for one of its fields (the path gets `field` appended)."""
+    return PydanticCustomError("field_error", message.replace("{", "(").replace("}", ")"), {"field": field})
+
+
+def _fmt_ns(ns: int) -> str:
+    for unit, div in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if ns and ns % div == 0:
+            return f"{ns // div}{unit}"
+    return f"{ns}ns"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- machine
+_IOMEM_RE = re.compile(r"^\s*([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.+?)\s*$")
+IOMEM_TYPES = ("System RAM", "reserved", "ACPI Tables", "ACPI Non-volatile Storage",
+               "PCI Bus", "Video RAM area", "System ROM", "Adapter ROM")
+
+
+class IomemRange(Strict):
+    """One top-level /proc/iomem line; `end` is inclusive as in /proc/iomem."""
+    start: Int = Field(ge=0)
+    end: Int = Field(ge=0)
+    type: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def _parse_iomem(v: Any) -> Any:
+    if isinstance(v, str):
+        m = _IOMEM_RE.match(v)
+        if not m:
+            raise ValueError(f"cannot parse {v!r}: expected a /proc/iomem line such as "
+                             "'00100000-1fffffff : System RAM' (hex start-end, inclusive, ' : ', type)")
+        start, end, kind = int(m.group(1), 16), int(m.group(2), 16), m.group(3)
+        return {"start": start, "end": end, "type": kind}
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a /proc/iomem line such as '00100000-1fffffff : System RAM' "
+                         f"(or a mapping with start, end, type), got {_describe(v)}")
+    return v
+
+
+class CpuSpec(Strict):
+    count: Int = Field(ge=1, le=8192)
+    sockets: Int = Field(default=1, ge=1)
+    panic_cpu: Int = Field(default=0, ge=0)
+    # CPUs that never answer the NMI: "hung" (stuck with NMIs blocked) or "nmi_lost".
+    unresponsive: dict[Int, Literal["hung", "nmi_lost"]] = Field(default_factory=dict)
+    busy_share: Float = Field(default=0.5, ge=0, le=1, description="share of CPUs running a task (pid>0) at the crash")
+
+
+class MemorySpec(Strict):
+    iomem: list[Annotated[IomemRange, BeforeValidator(_parse_iomem)]] = Field(min_length=1)
+    numa_nodes: Int = Field(default=1, ge=1, le=1024)   # MAX_NUMNODES with NODES_SHIFT=10
+
+
+class BusSpec(Strict):
+    name: str
+    kind: Literal["pci", "pcie"] = "pcie"
+    bandwidth: Rate | None = None
+    latency: Duration = parse_duration(D.PCI_LATENCY)
+    iommu: bool = False
+    numa_node: Int = Field(default=0, ge=0)
+
+
+class IommuSpec(Strict):
+    # What the capture kernel does with the IOMMU it finds on (FACTS.md): copy the
+    # old translation tables (Intel VT-d today), turn it off (stale DMA lands on
+    # raw addresses), or start with empty tables (DMA faults, blocked).
+    capture_kernel: Literal["copy_tables", "disable", "fault"] = "copy_tables"
+    iova_base: Size = 0xF000_0000  # IOVAs are handed out top-down below 4 GiB (assumption of our layout)
+
+
+class TopologySpec(Strict):
+    apic_bus_latency: Duration | None = None
+    socket_link_latency: Duration = parse_duration(D.SOCKET_LINK_LATENCY)
+    memory_bandwidth: Rate = parse_rate(D.MEMORY_BANDWIDTH)
+    buses: list[BusSpec] = Field(default_factory=lambda: [BusSpec(name="pci0")])
+    iommu: IommuSpec | None = None
+
+
+class Placement(Strict):
+    mode: Literal["random", "range", "reservation"] = "random"
+    start: Size | None = None
+    end: Size | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "Placement":
+        if self.mode == "range":
+            for name in ("start", "end"):
+                if getattr(self, name) is None:
+                    raise _field_error(name, f"placement mode 'range' needs start and end "
+                                             f"(e.g. start: 16M, end: 32M); {name} is missing")
+            if self.end <= self.start:
+                raise _field_error("end", f"placement end {self.end:#x} must be above start {self.start:#x}")
+        return self
+
+
+class DeviceBase(Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    bus: str = "pci0"
+    start: SignedDuration = 0           # when post-panic traffic begins, relative to the panic (< 0: already running)
+    duration: Duration | None = None    # how long it goes on (None: until the device is stopped)
+    placement: Placement = Field(default_factory=Placement)
+    capture_driver: bool = True         # the capture kernel probes its driver, which stops old DMA
+    needs_reset_devices: bool = False   # the driver stops old DMA only when `reset_devices` is given
+
+
+class NicRxRing(DeviceBase):
+    """An RX ring whose dead driver no longer refills it (e1000 defaults)."""
+    kind: Literal["nic_rx_ring"]
+    descriptors: Int = Field(default=D.E1000_RX_DESCRIPTORS, ge=1, le=65536)
+    buffer_size: Size = D.E1000_RX_BUFFER
+    packet_size: Size = 1514
+    packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "NicRxRing":
+        for name in ("buffer_size", "packet_size"):
+            if getattr(self, name) < 1:
+                raise _field_error(name, "must be at least 1 byte")
+        return self
+
+
+class CyclicDma(DeviceBase):
+    """A DMA engine cycling over one buffer forever (sound card, capture card)."""
+    kind: Literal["cyclic"]
+    buffer_size: Size = 64 * 1024
+    chunk: Size = 4096
+    period: Duration = parse_duration("1ms")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "CyclicDma":
+        for name in ("buffer_size", "chunk"):
+            if getattr(self, name) < 1:
+                raise _field_error(name, "must be at least 1 byte")
+        if self.period <= 0:
+            raise _field_error("period", "must be positive (e.g. 1ms): the engine writes once per period")
+        return self
+
+
+class StorageController(DeviceBase):
+    """Commands in flight at the crash, completing later by DMA into their buffers."""
+    kind: Literal["storage"]
+    commands: Int = Field(default=32, ge=1, le=65536)
+    command_size: Size = 64 * 1024
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "StorageController":
+        if self.command_size < 1:
+            raise _field_error("command_size", "must be at least 1 byte")
+        return self
+
+
+DEVICE_KINDS = {"nic_rx_ring": NicRxRing, "cyclic": CyclicDma, "storage": StorageController}
+Device = Annotated[Union[NicRxRing, CyclicDma, StorageController], Field(discriminator="kind")]
+
+
+class KexecSpec(Strict):
+    crashkernel: Annotated[str, BeforeValidator(_text)] = "32M@16M"
+    capture_kernel_size: Size | None = None
+    initrd_size: Size | None = None
+    append: str | None = None
+    elf_core_headers: Literal["elf64", "elf32"] = "elf64"
+    skip_checks: bool = False            # kexec --skip-checks: purgatory does not verify
+    backup: bool = True                  # kexec-tools' backup region (kexec_load path)
+
+
+def _version_text(v: Any) -> Any:
+    """A kernel version written as a bare YAML number (version: 4.18) is text."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+class KernelSpec(Strict):
+    # The first kernel's version (issue #8): its log buffer format (the lockless
+    # `prb` ring from 5.10 on, `printk_log` records before) and its VMCOREINFO
+    # set. None: the era's kernel (modern: 6.1, 2005: 2.6.13).
+    version: Annotated[Literal["6.1", "4.18"], BeforeValidator(_version_text)] | None = None
+
+
+class TimingSpec(Strict):
+    crash_save_cpu: Duration = parse_duration(D.CRASH_SAVE_CPU)
+    lapic_shutdown: Duration = parse_duration(D.LAPIC_SHUTDOWN)
+    ioapic_disable: Duration = parse_duration(D.IOAPIC_DISABLE)
+    hpet_disable: Duration = parse_duration(D.HPET_DISABLE)
+    machine_kexec: Duration = parse_duration(D.MACHINE_KEXEC)
+    nmi_timeout: Duration = parse_duration(D.NMI_SHOOTDOWN_TIMEOUT)
+    nmi_poll: Duration = parse_duration(D.NMI_SHOOTDOWN_POLL)
+    sha256_rate: Rate | None = None
+    backup_copy_rate: Rate = parse_rate(D.BACKUP_COPY_RATE)
+    capture_boot: Duration = parse_duration(D.CAPTURE_BOOT)
+    driver_init: Duration = parse_duration(D.CAPTURE_DRIVER_INIT)
+    iommu_init: Duration = parse_duration(D.CAPTURE_IOMMU_INIT)
+    vmcore_init: Duration = parse_duration(D.VMCORE_INIT_AT)
+    dump_start_delay: Duration = parse_duration(D.DUMP_START_DELAY)
+    dump_throughput: Rate | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> "TimingSpec":
+        for name in ("driver_init", "iommu_init", "vmcore_init"):
+            if not 0 <= getattr(self, name) <= self.capture_boot:
+                raise _field_error(name, f"{name} ({_fmt_ns(getattr(self, name))}) must lie within capture_boot "
+                                         f"(0..{_fmt_ns(self.capture_boot)}, counted from the capture kernel's "
+                                         f"start); lower it or raise timing.capture_boot")
+        if self.nmi_poll <= 0:
+            raise _field_error("nmi_poll", "nmi_poll must be positive (the kernel polls every 1ms)")
+        return self
+
+
+class ModelConfig(Strict):
+    name: str
+    description: str = ""
+    arch: Literal["i386", "x86_64"]
+    era: Era = "modern"
+    design: Design = "2005"
+    cpus: CpuSpec
+    memory: MemorySpec
+    kexec: KexecSpec = Field(default_factory=KexecSpec)
+    timing: TimingSpec = Field(default_factory=TimingSpec)
+    kernel: KernelSpec = Field(default_factory=KernelSpec)
+    topology: TopologySpec = Field(default_factory=TopologySpec)
+    devices: list[Device] = Field(default_factory=list)
+
+
+def _fill_era_defaults(m: ModelConfig) -> None:
+    modern = m.era == "modern"
+    k, t, topo = m.kexec, m.timing, m.topology
+    if k.capture_kernel_size is None:
+        k.capture_kernel_size = D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005
+    if k.initrd_size is None:
+        k.initrd_size = D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005
+    if k.append is None:
+        k.append = D.CMDLINE_MODERN if modern else D.CMDLINE_2005
+    if t.sha256_rate is None:
+        t.sha256_rate = parse_rate(D.PURGATORY_SHA256_RATE_MODERN if modern else D.PURGATORY_SHA256_RATE_2005)
+    if t.dump_throughput is None:
+        t.dump_throughput = parse_rate(D.DUMP_THROUGHPUT_MODERN if modern else D.DUMP_THROUGHPUT_2005)
+    if topo.apic_bus_latency is None:
+        topo.apic_bus_latency = parse_duration(D.APIC_BUS_LATENCY_MODERN if modern else D.APIC_BUS_LATENCY_2005)
+    for bus in topo.buses:
+        if bus.bandwidth is None:
+            bus.bandwidth = parse_rate(D.PCI_BANDWIDTH if bus.kind == "pci" else D.PCIE_X4_BANDWIDTH)
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+def _check_consistency(m: ModelConfig) -> None:
+    if m.arch == "x86_64" and (m.era == "2005" or m.design == "2004"):
+        # kexec-tools of 2005 (cd18217) had crash-dump support for i386 only;
+        # x86_64 kdump came to kexec-tools in 2006 (docs/SOURCES.md).
+        field = "era" if m.era == "2005" else "design"
+        raise _FieldError(field, f"{field} {getattr(m, field)!r} is i386 only: kdump for x86_64 came in 2006; "
+                                 "use arch: i386, or era: modern with design: \"2005\"")
+    c = m.cpus
+    if c.panic_cpu >= c.count:
+        raise _FieldError("cpus.panic_cpu", f"CPU {c.panic_cpu} does not exist: cpus.count is {c.count}, "
+                                            f"so panic_cpu must be 0..{c.count - 1}")
+    for cpu in c.unresponsive:
+        if not 0 <= cpu < c.count:
+            raise _FieldError(f"cpus.unresponsive.{cpu}", f"CPU {cpu} does not exist: cpus.count is {c.count}, "
+                                                          f"so CPUs are 0..{c.count - 1}")
+        if cpu == c.panic_cpu:
+            raise _FieldError(f"cpus.unresponsive.{cpu}", f"CPU {cpu} is the panicking CPU (cpus.panic_cpu), "
+                                                          "which cannot be unresponsive; pick another CPU")
+    if c.sockets > c.count:
+        raise _FieldError("cpus.sockets", f"{c.sockets} sockets for {c.count} CPUs: every socket needs a CPU, "
+                                          f"so sockets must be at most {c.count}")
+    _check_iomem(m)
+    buses = {b.name for b in m.topology.buses}
+    seen_bus: set[str] = set()
+    for i, b in enumerate(m.topology.buses):
+        if b.name in seen_bus:
+            raise _FieldError(f"topology.buses.{i}.name", f"duplicate bus name {b.name!r}: bus names must be unique")
+        seen_bus.add(b.name)
+        if b.numa_node >= m.memory.numa_nodes:
+            raise _FieldError(f"topology.buses.{i}.numa_node",
+                              f"no memory node {b.numa_node}: memory.numa_nodes is {m.memory.numa_nodes}, "
+                              f"so nodes are 0..{m.memory.numa_nodes - 1}")
+        if b.iommu and m.topology.iommu is None:
+            raise _FieldError(f"topology.buses.{i}.iommu",
+                              "bus is behind an IOMMU but topology.iommu is not set; add e.g. "
+                              "'iommu: {capture_kernel: copy_tables}' under topology")
+    seen_dev: dict[str, int] = {}
+    ram = [(r.start, r.end + 1) for r in m.memory.iomem if r.type == "System RAM"]
+    for i, d in enumerate(m.devices):
+        if d.name in seen_dev:
+            raise _FieldError(f"devices.{i}.name", f"duplicate device name {d.name!r} "
+                                                   f"(also devices.{seen_dev[d.name]}): device names must be unique")
+        seen_dev[d.name] = i
+        if d.bus not in buses:
+            raise _FieldError(f"devices.{i}.bus", f"no bus {d.bus!r}{_did_you_mean(d.bus, buses)}; "
+                                                  f"buses in topology.buses: {', '.join(sorted(buses)) or 'none'}")
+        p = d.placement
+        if p.mode == "range" and not any(s < p.end and e > p.start for s, e in ram):
+            raise _FieldError(f"devices.{i}.placement", f"no System RAM in {p.start:#x}-{p.end:#x} to place "
+                                                        f"DMA buffers in; System RAM is {_ram_list(ram)}")
+    k = m.kexec
+    if k.elf_core_headers == "elf32" and m.arch == "x86_64":
+        raise _FieldError("kexec.elf_core_headers", "elf32 core headers are for i386 only; use elf64 on x86_64")
+    if k.elf_core_headers == "elf32" and m.memory.iomem[-1].end >= 1 << 32:
+        raise _FieldError("kexec.elf_core_headers", "elf32 headers cannot describe RAM above 4 GiB "
+                                                    f"(iomem reaches {m.memory.iomem[-1].end:#x}); use elf64")
+    _check_segments_fit(m, ram)
+
+
+def _check_iomem(m: ModelConfig) -> None:
+    iomem = m.memory.iomem
+    for i, r in enumerate(iomem):
+        if r.end < r.start:
+            raise _FieldError(f"memory.iomem.{i}", f"range {r.start:x}-{r.end:x} ends before it starts "
+                                                   "(write start-end, end inclusive)")
+        if i and r.start <= iomem[i - 1].end:
+            prev = iomem[i - 1]
+            what = ("overlaps" if r.start >= prev.start else "is out of order: it starts below")
+            raise _FieldError(f"memory.iomem.{i}", f"{r.start:x}-{r.end:x} {what} the line above it "
+                                                   f"({prev.start:x}-{prev.end:x} : {prev.type}); "
+                                                   "lines must be sorted by address and must not overlap")
+        if r.type != "System RAM" and re.sub(r"[\s_-]", "", r.type).lower() == "systemram":
+            raise _FieldError(f"memory.iomem.{i}", f"unknown type {r.type!r} (did you mean 'System RAM'?)")
+    if not any(r.type == "System RAM" for r in iomem):
+        raise _FieldError("memory.iomem", "no 'System RAM' range: the machine needs memory, "
+                                          "e.g. '00100000-1fffffff : System RAM'")
+    if m.arch == "i386" and iomem[-1].end >= 1 << 36:
+        raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "i386 (PAE) addresses at most 64 GiB "
+                                                            "(end at most fffffffff)")
+    if m.arch == "x86_64" and iomem[-1].end >= 1 << 52:
+        raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "x86_64 addresses at most 4 PiB "
+                                                            "(52-bit physical addresses)")
+
+
+def _check_segments_fit(m: ModelConfig, ram: list[tuple[int, int]]) -> None:
+    """The capture kernel and initrd must fit the reservation (checked here, before their bytes exist)."""
+    from kdumpsim.machine.crashkernel import parse_crashkernel
+    try:
+        size, _ = parse_crashkernel(m.kexec.crashkernel, sum(e - s for s, e in ram))
+    except LayoutError:
+        return              # reported with the layout, by Machine
+    k = m.kexec
+    need = (k.capture_kernel_size or 0) + (k.initrd_size or 0)
+    if need > size and m.design != "2004":
+        modern = m.era == "modern"
+        field = "kexec.crashkernel"     # unless a size the user gave is the one that is too big
+        if k.capture_kernel_size != (D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005) \
+                and k.capture_kernel_size > size // 2:
+            field = "kexec.capture_kernel_size"
+        elif k.initrd_size != (D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005) and k.initrd_size > size // 2:
+            field = "kexec.initrd_size"
+        raise _FieldError(field, f"the capture kernel ({fmt_size(k.capture_kernel_size)}) and initrd "
+                                 f"({fmt_size(k.initrd_size)}) do not fit in crashkernel={k.crashkernel} "
+                                 f"({fmt_size(size)}); make them smaller or the reservation larger")
+    if m.design == "2004" and max(k.capture_kernel_size or 0, k.initrd_size or 0) > D.BACKUP_SIZE_2004:
+        field = "kexec.capture_kernel_size" if (k.capture_kernel_size or 0) > D.BACKUP_SIZE_2004 else "kexec.initrd_size"
+        raise _FieldError(field, "the 2004 design runs the capture kernel and initrd in the first 16 MiB; "
+                                 f"{fmt_size(getattr(k, field.split('.')[1]))} does not fit")
+
+
+def _ram_list(ram: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{s:#x}-{e - 1:#x}" for s, e in ram)
+
+
+def _did_you_mean(word: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------- loading
+MAX_FILE_BYTES = 4 * 1024 * 1024     # a model is a few KiB; refuse to slurp /dev/zero
+MAX_NODES = 200_000                  # values after YAML aliases are expanded (billion laughs)
+MAX_DEPTH = 64                       # nesting levels
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (yaml.safe_load keeps the last one silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    ident = (key_node.tag, key_node.value)
+                    if ident in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r} (first given on line {seen[ident]})",
+                            key_node.start_mark)
+                    seen[ident] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; syntax errors, missing, unreadable or hostile files become ConfigError."""
+    p, source = Path(path), str(path)
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(source, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(source, "", "is a directory, not a YAML file") from None
+    except PermissionError:
+        raise ConfigError(source, "", "permission denied (cannot read the file)") from None
+    except OSError as e:
+        raise ConfigError(source, "", f"cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(source, "", f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; "
+                                      "a model file is a few KiB of YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(source, "", f"not UTF-8 text: byte {data[e.start]:#04x} on line {line} "
+                                      "cannot be decoded (save the file as UTF-8)") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise ConfigError(source, "", f"not a text file: NUL byte on line {line}")
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        hint = f" ({context})" if context and "duplicate" not in problem else ""
+        raise ConfigError(source, "", f"YAML syntax error{where}: {problem}{hint}") from None
+    except RecursionError:
+        raise ConfigError(source, "", f"YAML nested too deeply (a model needs at most {MAX_DEPTH} levels)") from None
+    _check_shape(raw, source)
+    return raw
+
+
+def _check_shape(raw: Any, source: str) -> None:
+    """Refuse alias bombs, self-referencing and absurdly deep data before anything walks it recursively."""
+    stack, nodes = [(raw, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ConfigError(source, "", f"more than {MAX_NODES} values once YAML aliases (*name) are expanded; "
+                                          "a model has a few hundred")
+        if depth > MAX_DEPTH:
+            raise ConfigError(source, "", f"YAML nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`timing.capture_boot=20s` -> ("timing.capture_boot", "20s") with YAML scalar typing."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", "", "expected KEY=VALUE, e.g. --set timing.capture_boot=20s")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set `a.b.0.c` (list index) or `devices.nic0.start` (list item by name) in raw data."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError("--set", key, "empty part in the dotted key (write e.g. devices.eth0.start)")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, ".".join(parts[: i + 1]))
+            if last:
+                node[idx] = value
+                return
+            node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError("--set", ".".join(parts[:i]), f"is {_describe(node)}, not a mapping or list, "
+                                                             f"so it has no {part!r}")
+
+
+def _list_index(node: list, part: str, path: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise ConfigError("--set", path, f"index {idx} out of range (the list has {len(node)} items)")
+        return idx
+    names = [item.get("name") for item in node if isinstance(item, dict) and item.get("name") is not None]
+    if part in names:
+        return names.index(part)
+    known = f"; names: {', '.join(map(str, names))}" if names else "; the list has no named items"
+    parent = path.rpartition(".")[0] or "the list"
+    raise ConfigError("--set", path, f"no item named {part!r} in {parent}{_did_you_mean(part, names)}{known}")
+
+
+def validate_model(raw: Any, source: str) -> ModelConfig:
+    """Validate raw YAML data into a ModelConfig or raise ConfigError naming the field."""
+    if raw is None:
+        raise ConfigError(source, "", "the file is empty; expected a model mapping "
+                                      "(name:, arch:, cpus:, memory:, ... as in models/*.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "", f"expected a mapping of model fields (name:, arch:, cpus:, memory:, ...) "
+                                      f"at the top level, got {_describe(raw)}")
+    try:
+        model = ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _config_error(e, source, ModelConfig, raw) from None
+    _fill_era_defaults(model)
+    try:
+        _check_consistency(model)
+    except _FieldError as e:
+        raise ConfigError(source, e.field, str(e)) from None
+    return model
+
+
+def load_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ModelConfig:
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = copy.deepcopy(raw)
+        for text in overrides:
+            try:
+                set_dotted(raw, *parse_override(text))
+            except ConfigError as e:
+                raise ConfigError(str(path), e.field, f"--set {text}: {e.message}") from None
+        _check_shape(raw, str(path))
+    return validate_model(raw, str(path))
+
+
+def model_from_dict(raw: dict, source: str = "<model>", overrides: dict[str, Any] | None = None) -> ModelConfig:
+    raw = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return validate_model(raw, source)
+
+
+# ---------------------------------------------------------------- pydantic errors, in words
+def _describe(v: Any) -> str:
+    """The offending value as a reader would name it."""
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, str):
+        return repr(v) if len(v) <= 60 else repr(v[:57] + "...")
+    return repr(v)
+
+
+def _num(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string", "dict_type": "a mapping (key: value lines)",
+    "model_type": "a mapping (key: value lines)", "model_attributes_type": "a mapping (key: value lines)",
+    "list_type": "a list (lines starting with '- ')",
+}
+
+
+def _config_error(e: ValidationError, source: str, root: type[BaseModel], raw: Any) -> ConfigError:
+    err = e.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    if err["type"] == "field_error":
+        loc = loc + (ctx["field"],)
+    elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = loc + ("kind",)
+    field = _readable_loc(loc, raw)
+    return ConfigError(source, field, _message(err, root, loc))
+
+
+def _message(err: dict, root: type[BaseModel], loc: tuple) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    is_key = bool(loc) and loc[-1] == "[key]"
+    if kind == "extra_forbidden":
+        known = _known_fields(root, loc[:-1])
+        hint = _did_you_mean(loc[-1], known) or (f"; known keys: {', '.join(known)}" if known else "")
+        return f"unknown key {str(loc[-1])!r}{hint}"
+    if kind == "missing":
+        choices = _literal_choices(root, loc)
+        return "required field is missing" + (f" (one of {choices})" if choices else "")
+    if kind == "union_tag_invalid":
+        tag = ctx.get("tag")
+        return (f"unknown device kind {tag!r}{_did_you_mean(tag, DEVICE_KINDS)}; "
+                f"kinds: {', '.join(DEVICE_KINDS)}")
+    if kind == "union_tag_not_found":
+        return f"every device needs a kind: one of {', '.join(DEVICE_KINDS)}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        options = re.findall(r"'([^']*)'", expected)
+        return f"expected one of {expected.replace(' or ', ', ')}, got {_describe(value)}{_did_you_mean(value, options)}"
+    if kind in _EXPECTED:
+        what = _EXPECTED[kind]
+        if is_key:
+            return f"keys here must be {what}, got {_describe(value)}"
+        return f"expected {what}, got {_describe(value)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ("at least", "ge"), "greater_than": ("greater than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[kind]
+        return f"must be {op[0]} {_num(ctx.get(op[1]))}, got {_describe(value)}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s), got {ctx.get('actual_length')}"
+    if kind == "too_long":
+        return f"takes at most {ctx.get('max_length')} item(s), got {ctx.get('actual_length')}"
+    if kind == "string_pattern_mismatch":
+        return (f"must be a plain identifier (letters, digits and _, not starting with a digit), "
+                f"e.g. eth0, got {_describe(value)}")
+    return err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _is_tag(part: Any) -> bool:
+    """pydantic's internal loc parts: validator wrappers, union tags, dict-key markers."""
+    return isinstance(part, str) and (part in DEVICE_KINDS or part == "[key]" or
+                                      bool(re.match(r"^[\w-]+\[.*\]$", part)))
+
+
+def _readable_loc(loc: tuple, raw: Any) -> str:
+    """Drop pydantic's discriminator/validator tags so the path matches the YAML."""
+    out, node = [], raw
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int):
+            out.append(str(part))
+            node = node[part] if part < len(node) else None
+        elif isinstance(node, dict) and part in node:
+            out.append(str(part))
+            node = node[part]
+        elif _is_tag(part):
+            continue
+        else:
+            out.append(str(part))
+            node = None
+    return ".".join(out)
+
+
+def _known_fields(root: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model at `loc` (for did-you-mean)."""
+    cls: Any = root
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        if part in DEVICE_KINDS:
+            cls = DEVICE_KINDS[part]
+            continue
+        if _is_tag(part):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        cls = _model_of(field.annotation) if field else None
+    return list(getattr(cls, "model_fields", {}).keys())
+
+
+def _literal_choices(root: type[BaseModel], loc: tuple) -> str:
+    """`'i386', 'x86_64'` when the missing field at `loc` is a Literal."""
+    if not loc:
+        return ""
+    cls: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None or _is_tag(part):
+            if part in DEVICE_KINDS:
+                cls = DEVICE_KINDS[part]
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        cls = _model_of(field.annotation) if field else None
+    field = getattr(cls, "model_fields", {}).get(loc[-1]) if cls is not None else None
+    args = getattr(field.annotation, "__args__", ()) if field else ()
+    if field and getattr(field.annotation, "__origin__", None) is Literal:
+        return ", ".join(repr(a) for a in args)
+    return ""
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

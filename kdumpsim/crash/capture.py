@@ -1,0 +1,114 @@
+"""The capture kernel: boot inside the reservation, stop old DMA as drivers
+probe, set up /proc/vmcore, then the dump copy (paper 4.4, 4.5).
+
+Times are counted from purgatory's jump. The copy reads /proc/vmcore in file
+order at the dump throughput, so file offset `o` is read at
+`dump_start + o / throughput`: a page DMA changed before that instant shows
+the change in the dump. The copy is not one event per page: the read time of
+any page follows from its offset (see `VmcoreCopy.read_time`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generator
+
+from kdumpsim import defaults as D
+from kdumpsim.crash.integrity import changed_segments
+from kdumpsim.crash.procvmcore import VmcoreInitError, layout_2004, vmcore_init
+from kdumpsim.formats.vmcorefile import VmcoreLayout
+from kdumpsim.units import NS_PER_S, transfer_ns
+
+if TYPE_CHECKING:
+    from kdumpsim.crash.run import CrashRun
+
+
+@dataclass(frozen=True)
+class VmcoreCopy:
+    layout: VmcoreLayout
+    start: int            # ns
+    throughput: float     # bytes/s
+
+    def read_time(self, offset: int) -> int:
+        return self.start + offset * NS_PER_S // int(self.throughput)
+
+    @property
+    def end(self) -> int:
+        return self.start + transfer_ns(self.layout.size, self.throughput)
+
+
+def capture_kernel(run: CrashRun) -> Generator:
+    env, t = run.env, run.timing
+    jump = env.now
+    run.phase["capture_boot_start"] = jump
+    run.trace(env.now, "capture", "boot_start", cmdline=run.image.cmdline)
+    env.process(_iommu_init(run, jump + t.iommu_init))
+    env.process(_driver_init(run, jump + t.driver_init))
+    yield env.timeout(t.vmcore_init)
+    run.phase["vmcore_init"] = env.now
+    run.vmcore = _vmcore_init(run)
+    yield env.timeout(jump + t.capture_boot - env.now)
+    run.phase["capture_boot_end"] = env.now
+    run.capture_corrupted = changed_segments(run, ("kernel", "initrd", "params"), env.now)
+    if run.capture_corrupted:
+        # A capture kernel whose text, initrd or parameters changed under it
+        # cannot be trusted to do anything; we count it as producing no dump.
+        run.trace(env.now, "capture", "capture_kernel_corrupted", bytes=run.capture_corrupted)
+        return
+    run.trace(env.now, "capture", "boot_done")
+    if run.vmcore is None:
+        return
+    yield env.timeout(t.dump_start_delay)
+    copy = VmcoreCopy(run.vmcore, env.now, t.dump_throughput)
+    run.copy = copy
+    run.phase["dump_start"] = env.now
+    run.trace(env.now, "capture", "dump_copy_start", bytes=run.vmcore.size)
+    for chunk in run.vmcore.chunks:      # one event per PT_LOAD, for the timeline
+        yield env.timeout(max(0, copy.read_time(chunk.offset + chunk.size) - env.now))
+        run.trace(env.now, "capture", "dump_copy_segment", paddr=chunk.paddr, bytes=chunk.size)
+    yield env.timeout(max(0, copy.end - env.now))
+    run.phase["dump_end"] = env.now
+    run.trace(env.now, "capture", "dump_copy_done", bytes=run.vmcore.size)
+
+
+def _iommu_init(run: CrashRun, at: int) -> Generator:
+    iommu = run.machine.cfg.topology.iommu
+    if iommu is None:
+        return
+    yield run.env.timeout(at - run.env.now)
+    run.iommu_mode = iommu.capture_kernel
+    run.trace(run.env.now, "iommu", "iommu_init", mode=iommu.capture_kernel)
+
+
+def _driver_init(run: CrashRun, at: int) -> Generator:
+    """Drivers probe: a device whose driver the capture kernel has is reset,
+    which ends the old DMA — unless the driver needs `reset_devices` and the
+    command line lacks it (Indoh 2012; bnx2-style devices)."""
+    yield run.env.timeout(at - run.env.now)
+    reset_devices = "reset_devices" in run.image.cmdline.split()
+    for eng in run.engines:
+        spec = eng.spec
+        if not spec.capture_driver:
+            run.trace(run.env.now, eng.name, "no_driver_in_capture_kernel")
+        elif spec.needs_reset_devices and not reset_devices:
+            run.trace(run.env.now, eng.name, "driver_init_without_reset")
+        else:
+            eng.stop(run, "reset_devices" if reset_devices else "driver_init")
+
+
+def _vmcore_init(run: CrashRun) -> VmcoreLayout | None:
+    env, m, image = run.env, run.machine, run.image
+    try:
+        if m.cfg.design == "2004":
+            cls = 1 if m.cfg.kexec.elf_core_headers == "elf32" else 2
+            layout = layout_2004(m.memory, m.arch, cls, m.crash_notes, m.crash_note_size,
+                                 (D.BACKUP_SIZE_2004, image.backup_dest), m.ram_ranges[-1][1], env.now)
+        else:
+            layout = vmcore_init(m.memory, image.elfcorehdr, env.now, m.arch, m.era, m.ram_ranges[-1][1])
+    except (VmcoreInitError, ValueError) as e:
+        run.vmcore_error = str(e)
+        run.trace(env.now, "capture", "vmcore_init_failed", reason=str(e))
+        return None
+    run.trace(env.now, "capture", "vmcore_init", size=layout.size, notes=len(layout.note_sources),
+              dropped_notes=len(layout.dropped_notes))
+    return layout

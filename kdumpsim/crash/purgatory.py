@@ -1,0 +1,98 @@
+"""Purgatory: the code between the two kernels (paper 3.2, 3.3, 4.3).
+
+kexec-tools purgatory/purgatory.c: `verify_sha256_digest` hashes every
+segment but purgatory itself (zero-filled up to memsz) and compares with the
+digest recorded at load time; on a mismatch it prints and loops forever.
+Then purgatory/arch/i386/crashdump_backup.c `crashdump_backup_memory` copies
+the first 640 KiB to the backup region, and purgatory jumps to the kernel.
+
+The hash reads simulated RAM as it is when each chunk is hashed, so DMA that
+lands in a segment before purgatory reaches it is caught, and DMA that lands
+after is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Generator
+
+from kdumpsim import defaults as D
+from kdumpsim.units import transfer_ns
+
+if TYPE_CHECKING:
+    from kdumpsim.crash.run import CrashRun
+
+
+def purgatory(run: CrashRun) -> Generator:
+    """Returns True when control reaches the capture kernel, False if purgatory hangs."""
+    env, image = run.env, run.image
+    run.trace(env.now, "purgatory", "purgatory_start")
+    if image.sha256_digest is None:
+        run.purgatory_result = "skipped"
+        run.trace(env.now, "purgatory", "sha256_skipped")
+    else:
+        ok = yield from verify_sha256_digest(run)
+        if not ok:
+            run.purgatory_result = "mismatch"
+            run.trace(env.now, "purgatory", "purgatory_mismatch")
+            return False      # "sha256 digests do not match :(" and for (;;);
+        run.purgatory_result = "ok"
+    if image.backup_src is not None and image.backup_dest is not None:
+        yield from crashdump_backup_memory(run)
+    run.phase["purgatory_end"] = env.now
+    run.trace(env.now, "purgatory", "jump_to_kernel", entry=image.entry)
+    return True
+
+
+def verify_sha256_digest(run: CrashRun) -> Generator:
+    env, mem, rate = run.env, run.machine.memory, run.timing.sha256_rate
+    h = hashlib.sha256()
+    chunk = D.PURGATORY_HASH_CHUNK
+    for seg in run.image.segments:
+        if not seg.hashed:
+            continue
+        run.trace(env.now, "purgatory", "sha256_segment", segment=seg.name, start=seg.start, memsz=seg.memsz)
+        run.hash_times[seg.name] = (env.now, None)
+        for off in range(0, seg.memsz, chunk):
+            n = min(chunk, seg.memsz - off)
+            for part in mem.iter_read(seg.start + off, n, env.now):
+                h.update(part)
+            yield env.timeout(transfer_ns(n, rate))
+        run.hash_times[seg.name] = (run.hash_times[seg.name][0], env.now)
+    return h.digest() == run.image.sha256_digest
+
+
+def crashdump_backup_memory(run: CrashRun) -> Generator:
+    """Copy the backup source (first 640 KiB of RAM) into the backup segment."""
+    env, mem, image = run.env, run.machine.memory, run.image
+    src, size = image.backup_src
+    dest = image.backup_dest
+    run.trace(env.now, "purgatory", "backup_start", src=src, dest=dest, bytes=size)
+    chunk = D.PURGATORY_HASH_CHUNK
+    for off in range(0, size, chunk):
+        n = min(chunk, size - off)
+        data = mem.read(src + off, n, env.now)
+        yield env.timeout(transfer_ns(n, run.timing.backup_copy_rate))
+        mem.write(dest + off, data, env.now, "purgatory")
+    run.trace(env.now, "purgatory", "backup_done")
+
+
+def relocate_2004(run: CrashRun) -> Generator:
+    """The 2004 design at the crash: back up the first 16 MB to the reserved
+    backup region, then copy the pre-loaded pages of each segment into place
+    (kexec's relocate_kernel). No digest: corruption goes unnoticed."""
+    env, mem, image = run.env, run.machine.memory, run.image
+    run.purgatory_result = "none"
+    run.trace(env.now, "purgatory", "purgatory_start")
+    yield from crashdump_backup_memory(run)
+    rate = run.timing.backup_copy_rate
+    for seg in image.segments:
+        run.trace(env.now, "purgatory", "relocate_segment", segment=seg.name, dest=seg.start, pages=len(seg.sources))
+        for i, src in enumerate(seg.sources):
+            data = mem.read(src, D.PAGE_SIZE, env.now)
+            yield env.timeout(transfer_ns(D.PAGE_SIZE, rate))
+            mem.write(seg.start + i * D.PAGE_SIZE, data, env.now, "purgatory")
+        run.hash_times[seg.name] = (env.now, env.now)
+    run.phase["purgatory_end"] = env.now
+    run.trace(env.now, "purgatory", "jump_to_kernel", entry=image.entry)
+    return True

@@ -1,0 +1,123 @@
+"""One simulated crash, end to end: kexec load, panic, NMI shootdown,
+purgatory, capture kernel, dump copy — with DMA engines writing throughout.
+
+    run = run_crash(model, seed)     # a CrashRun, finished (kdumpsim.measure.simulate also measures it)
+    run.trace, run.phase, run.machine.memory
+
+Simulated time is integer nanoseconds; 0 is the panic; kexec -p happened
+at boot (-1 s in the trace).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+import simpy
+
+from kdumpsim.config.model import ModelConfig, TimingSpec
+from kdumpsim.crash.cpu import CpuState, crash_notes_memory_init, machine_crash_shutdown, make_cpus
+from kdumpsim.crash.dma import ENGINES, DmaEngine, make_engines
+from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
+from kdumpsim.machine.layout import Machine
+from kdumpsim.formats.vmcorefile import VmcoreLayout
+from kdumpsim.crash.purgatory import purgatory, relocate_2004
+from kdumpsim.trace.events import Trace
+from kdumpsim.crash.capture import capture_kernel
+from kdumpsim.firstkernel import printk, vmcoreinfo
+from kdumpsim.names import KEXEC, RESERVATION_FREE, FIRST_KERNEL_RAM
+
+@dataclass
+class CrashRun:
+    machine: Machine
+    env: simpy.Environment
+    trace: Trace
+    image: KexecImage = None  # type: ignore[assignment]
+    cpus: list[CpuState] = field(default_factory=list)
+    engines: list[DmaEngine] = field(default_factory=list)
+    phase: dict[str, int] = field(default_factory=dict)
+    waiting_for_crash_ipi: int = 0
+    purgatory_result: str | None = None           # ok | mismatch | skipped | none (2004)
+    hash_times: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    iommu_mode: str = "first_kernel"
+    vmcore: VmcoreLayout | None = None
+    vmcore_error: str | None = None
+    copy: Any = None                               # capture.VmcoreCopy once the dump copy starts
+    capture_corrupted: dict[str, int] = field(default_factory=dict)
+    outcome: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    _regions: list[tuple[int, int, str]] = field(default_factory=list)
+    _region_starts: list[int] = field(default_factory=list)
+
+    @property
+    def timing(self) -> TimingSpec:
+        return self.machine.cfg.timing
+
+    device_names: set[str] = field(default_factory=set)
+
+    @property
+    def seed(self) -> int:
+        return self.machine.seed
+
+    def region_of(self, addr: int) -> str:
+        """Which part of the capture path an address belongs to (for DMA hits)."""
+        i = bisect.bisect_right(self._region_starts, addr) - 1
+        if i >= 0 and addr < self._regions[i][1]:
+            return self._regions[i][2]
+        r = self.machine.reservation
+        if r.start <= addr < r.end:
+            return RESERVATION_FREE
+        return FIRST_KERNEL_RAM
+
+    def _index_regions(self) -> None:
+        regions = [(s.start, s.end, s.name) for s in self.image.segments]
+        regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
+        if self.machine.vmcoreinfo_addr is not None:
+            regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
+        if self.machine.kernel_structs is not None:     # page tables, mem_map, log buffer, ... (issue #8)
+            regions += self.machine.kernel_structs.regions()
+        self._regions = sorted(regions)
+        self._region_starts = [r[0] for r in self._regions]
+
+
+def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment] = simpy.Environment) -> CrashRun:
+    """Run one crash of `cfg` with `seed`, deterministic for the same pair; the
+    run is not yet measured (kdumpsim.measure.simulate does both).
+    (`env_type` lets a benchmark count events with a subclass.)"""
+    env = env_type(initial_time=KEXEC_LOAD_TIME)
+    run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
+    boot(run.machine, env.now)
+    run.image = kexec_load(run.machine)
+    run.trace(env.now, KEXEC, "kexec_load", reservation=[run.machine.reservation.start, run.machine.reservation.end],
+              segments=len(run.image.segments), cmdline=run.image.cmdline)
+    run._index_regions()
+    run.cpus = make_cpus(run)
+    run.engines = make_engines(run)
+    for eng in run.engines:
+        env.process(ENGINES[eng.spec.kind](run, eng))
+    env.run(until=env.process(crash_path(run)))
+    return run
+
+
+def boot(m: Machine, time: int) -> None:
+    """What the first kernel wrote before the panic that the dump must hold:
+    zeroed crash note buffers, VMCOREINFO, and (x86_64) page tables,
+    mem_map and the boot log."""
+    crash_notes_memory_init(m, time)
+    vmcoreinfo.save_at_boot(m, time)
+    if m.kernel_structs is not None:
+        m.kernel_structs.write_boot(time)
+        printk.boot_log(m, time)
+
+
+def crash_path(run: CrashRun) -> Generator:
+    env = run.env
+    yield env.timeout(0 - env.now)
+    yield from machine_crash_shutdown(run)
+    step = relocate_2004 if run.machine.cfg.design == "2004" else purgatory
+    reached_kernel = yield from step(run)
+    if not reached_kernel:
+        run.phase["hang"] = env.now
+        return
+    yield from capture_kernel(run)

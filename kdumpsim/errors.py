@@ -1,0 +1,73 @@
+"""Every error a user can see, in one place with one import path.
+
+Each carries what the CLI needs to print one line and pick the exit status
+(2: bad input; 1: the run or the machine failed). All are picklable, so a
+worker process can hand one back to the sweep that started it.
+"""
+
+from __future__ import annotations
+
+
+class KdumpsimError(Exception):
+    """Base of every user-facing error."""
+
+    exit_status = 2
+
+    def __reduce__(self):  # keep subclasses with several constructor arguments picklable
+        return (_rebuild, (type(self), self.__dict__, self.args))
+
+
+def _rebuild(cls: type, state: dict, args: tuple) -> KdumpsimError:
+    err = Exception.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+class LayoutError(KdumpsimError):
+    """An impossible machine or kexec layout (found while laying it out): says
+    which field and why. Callers that know the file turn it into ConfigError."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class ConfigError(KdumpsimError):
+    """A bad model or experiment file: names the file, the dotted field and what is wrong."""
+
+    def __init__(self, source: str, field: str, message: str):
+        self.source, self.field, self.message = source, field, message
+        where = f"{source}: {field}: " if field else f"{source}: "
+        super().__init__(where + message)
+
+
+class UsageError(KdumpsimError):
+    """Bad command-line use: exit status 2, one clear message."""
+
+
+class TraceError(KdumpsimError, ValueError):
+    """A trace file that cannot be read: names the file and the line."""
+
+
+class InspectError(KdumpsimError):
+    """A file that cannot be summarised; the message names the offset when known."""
+
+    def __init__(self, path: str, reason: str, offset: int | None = None) -> None:
+        where = f"offset {offset:#x}: " if offset is not None else ""
+        super().__init__(f"{path}: {where}{reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class NoVmcore(KdumpsimError):
+    """The run produced no /proc/vmcore (see its outcome)."""
+
+    exit_status = 1
+
+
+class WorkerLost(KdumpsimError):
+    """The sweep stopped because a worker died; saved runs are kept (exit status 1)."""
+
+    exit_status = 1

@@ -1,0 +1,142 @@
+"""crashkernel=: parsing the option and placing the reservation, as the
+kernel does (kernel/crash_core.c parse_crashkernel, parse_crashkernel_mem;
+arch/x86/kernel/setup.c reserve_crashkernel; docs/SOURCES.md §crashkernel).
+
+The reservation is taken from memblock at boot, before the page allocator
+exists, so no first-kernel allocation (a driver's DMA buffer included) can
+ever land in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kdumpsim import defaults as D
+from kdumpsim.errors import LayoutError
+from kdumpsim.machine.ranges import FreeRanges
+from kdumpsim.units import MiB, fmt_size, parse_size
+
+if TYPE_CHECKING:
+    from kdumpsim.machine.layout import Machine
+
+
+@dataclass(frozen=True)
+class Reservation:
+    start: int
+    end: int          # exclusive
+    spec: str         # the crashkernel= text
+    automatic: bool   # placed by the kernel (crashkernel=X) rather than X@Y
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+
+# ------------------------------------------------------------------ crashkernel=
+def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
+    """`X@Y`, `X`, `X,high` or `A-B:X,C-:Y[@Y]` -> (size, base or None for automatic).
+
+    The range form picks the size for this much System RAM, as
+    kernel/crash_core.c parse_crashkernel_mem does.
+    """
+    text = spec.strip()
+    if not text:
+        raise LayoutError("kexec.crashkernel", "crashkernel is empty; use e.g. 32M@16M (size@base) or 256M")
+    base: int | None = None
+    if "@" in text:
+        text, _, at = text.rpartition("@")
+        base = _size("kexec.crashkernel", at, spec, "base")
+    text = text.removesuffix(",high").removesuffix(",low")
+    if ":" in text:
+        size = 0
+        for item in text.split(","):
+            rng, sep, amount = item.partition(":")
+            lo, dash, hi = rng.partition("-")
+            if not (sep and dash):
+                raise LayoutError("kexec.crashkernel", f"cannot parse range {item!r} in {spec!r}; "
+                                  "the range form is e.g. 512M-2G:64M,2G-:128M")
+            lo_b = _size("kexec.crashkernel", lo, spec, "range start")
+            hi_b = _size("kexec.crashkernel", hi, spec, "range end") if hi else 1 << 64
+            if lo_b <= ram_total < hi_b:
+                size = _size("kexec.crashkernel", amount, spec, "size")
+        if size == 0:
+            raise LayoutError("kexec.crashkernel", f"{spec!r} reserves nothing for {ram_total / MiB:.1f} MiB of "
+                              "System RAM: no range covers it; add one, e.g. ...,0-:64M")
+    else:
+        size = _size("kexec.crashkernel", text, spec, "size")
+    if size <= 0:
+        raise LayoutError("kexec.crashkernel", f"size must be positive in {spec!r}; use e.g. 32M@16M")
+    return size, base
+
+
+def _size(field_: str, text: str, spec: str = "", what: str = "size") -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        where = f"crashkernel={spec}: {what}: " if spec else ""
+        raise LayoutError(field_, f"{where}{e}") from None
+
+
+def _suggest(machine: Machine, size: int) -> str:
+    """A size@base that would work here: the lowest 16 MiB- (else 1 MiB-) aligned RAM clear of the kernel."""
+    for align in (D.CRASH_ALIGN, MiB):
+        free = FreeRanges(list(machine.ram_ranges))
+        free.remove(*machine.kernel_image)
+        start = free.alloc(size, align, lo=align)
+        if start is not None:
+            return f"; use e.g. crashkernel={fmt_size(size)}@{fmt_size(start)}"
+    return f"; no System RAM range has {fmt_size(size)} free, use a smaller size"
+
+
+def _what_is_at(machine: Machine, start: int, end: int) -> str:
+    """What keeps [start, end) from being one System RAM range, for the message."""
+    why = []
+    last = max(e for _, e in machine.ram_ranges)
+    if end > last:
+        why.append(f"runs past the end of System RAM at {last - 1:#x} ({machine.ram_total / MiB:.1f} MiB in all)")
+    hit = next((r for r in machine.cfg.memory.iomem if r.type != "System RAM" and r.start < end and start <= r.end), None)
+    if hit is not None:
+        why.append(f"overlaps '{hit.start:08x}-{hit.end:08x} : {hit.type}'")
+    return "it " + (" and ".join(why) or "crosses a hole between System RAM ranges")
+
+
+def reserve_crashkernel(machine: Machine) -> Reservation:
+    """Place the reservation as the kernel does, or explain why it cannot."""
+    spec = machine.cfg.kexec.crashkernel
+    size, base = parse_crashkernel(spec, machine.ram_total)
+    if base is not None:
+        # reserve_crashkernel: memblock_phys_alloc_range(size, SZ_1M, base, base + size)
+        if base % MiB:
+            raise LayoutError("kexec.crashkernel", f"base {base:#x} is not a multiple of 1 MiB "
+                              f"(crashkernel reservation failed - memory is in use){_suggest(machine, size)}")
+        start, end = base, base + size
+        if machine.ram_range_of(start, end) is None:
+            raise LayoutError("kexec.crashkernel", f"crashkernel={spec} ({start:#x}-{end - 1:#x}) "
+                              f"is not inside one System RAM range: {_what_is_at(machine, start, end)}"
+                              f"{_suggest(machine, size)}")
+        if machine.overlaps_kernel(start, end):
+            ks, ke = machine.kernel_image
+            raise LayoutError("kexec.crashkernel", f"{start:#x}-{end - 1:#x} overlaps the running kernel at "
+                              f"{ks:#x}-{ke - 1:#x} (crashkernel reservation failed - memory is in use)"
+                              f"{_suggest(machine, size)}")
+        return Reservation(start, end, spec, automatic=False)
+    if machine.era == "2005":
+        raise LayoutError("kexec.crashkernel", f"{spec!r}: 2.6.13 takes only crashkernel=size@base"
+                          f"{_suggest(machine, size)}")
+    # Automatic: memblock top-down, CRASH_ALIGN (16 MiB), below 4 GiB first on
+    # x86_64 (then up to 64 TiB), below 512 MiB on i386.
+    free = FreeRanges(list(machine.ram_ranges))
+    free.remove(*machine.kernel_image)
+    limits = ([D.CRASH_ADDR_LOW_MAX_X86_64, D.CRASH_ADDR_HIGH_MAX_X86_64]
+              if machine.arch == "x86_64" else [D.CRASH_ADDR_MAX_I386])
+    for hi in limits:
+        start = free.alloc(size, D.CRASH_ALIGN, top_down=True, lo=D.CRASH_ALIGN, hi=hi)
+        if start is not None:
+            return Reservation(start, start + size, spec, automatic=True)
+    largest = max((e - s for s, e in free.ranges), default=0)
+    raise LayoutError("kexec.crashkernel", f"no {fmt_size(size)} of System RAM, 16 MiB aligned, below "
+                      f"{fmt_size(limits[-1])} for crashkernel={spec} "
+                      "(crashkernel reservation failed - No suitable area found.); the largest free System RAM "
+                      f"range is {largest / MiB:.1f} MiB, ask for less")

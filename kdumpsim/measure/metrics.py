@@ -1,0 +1,167 @@
+"""Outcome and corruption metrics of a finished run (DESIGN.md "Truth and measurement").
+
+Three views of a byte: the truth (RAM at the panic, plus what the crashing
+kernel itself wrote on the way down: crash notes, VMCOREINFO), its value when
+the capture path used it, and its value when the dump copy read it. Only
+pages something wrote are compared; every other page is equal by
+construction, which is what keeps a 1 TiB machine as cheap as a 1 GiB one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Iterator
+
+from kdumpsim import defaults as D
+from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes
+from kdumpsim.machine.ram import PAGE_SHIFT, Delta
+from kdumpsim.names import cpu_of
+
+if TYPE_CHECKING:
+    from kdumpsim.crash.run import CrashRun
+
+PAGE = D.PAGE_SIZE
+
+
+def is_truth(d: Delta) -> bool:
+    """Writes that belong to the state we want dumped: before the panic, or by
+    a CPU of the crashing kernel (its crash notes, VMCOREINFO, log lines)."""
+    return d.time <= 0 or cpu_of(d.actor) is not None
+
+
+def truth_page(run: CrashRun, pfn: int) -> bytes:
+    return run.machine.memory.page(pfn, None, keep=is_truth)
+
+
+class Tally:
+    """Corrupted bytes/pages of one region, and who wrote them when."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.pages = 0
+        self.writers: dict[str, dict[str, int]] = {}
+
+    def add(self, nbytes: int, deltas: list[Delta]) -> None:
+        if not nbytes:
+            return
+        self.bytes += nbytes
+        self.pages += 1
+        for d in deltas:
+            w = self.writers.setdefault(d.actor, {"bytes": 0, "first_ns": d.time, "last_ns": d.time})
+            w["bytes"] += len(d.data)
+            w["first_ns"] = min(w["first_ns"], d.time)
+            w["last_ns"] = max(w["last_ns"], d.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "pages": self.pages, "writers": dict(sorted(self.writers.items()))}
+
+
+def segment_corruption(run: CrashRun, name: str, at: int) -> Tally:
+    """Bytes of a loaded segment that differ from what kexec loaded, at time `at`."""
+    tally = Tally()
+    for nbytes, deltas in segment_changes(run, name, at):
+        tally.add(nbytes, deltas)
+    return tally
+
+
+def _chunk_units(run: CrashRun, chunk: Any, origin: int) -> Iterator[tuple[int, int, int]]:
+    """(file offset, source address, truth address) of each page-sized unit of a
+    chunk that could differ from the truth."""
+    mem = run.machine.memory
+    if origin == chunk.paddr:
+        for pfn in mem.touched_in(chunk.paddr, chunk.paddr + chunk.size):
+            if device_deltas(run, pfn, 0, 1 << 62):
+                a = max(pfn << PAGE_SHIFT, chunk.paddr)
+                yield chunk.offset + (a - chunk.paddr), a, a
+    else:   # relocated data (the backup region): compare it all, it is small
+        for off in range(0, chunk.size, PAGE):
+            yield chunk.offset + off, chunk.paddr + off, origin + off
+
+
+def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
+    """(dumped RAM tally, backup-region tally, dumped units) for the copy that ran."""
+    ram, backup = Tally(), Tally()
+    v, copy, mem = run.vmcore, run.copy, run.machine.memory
+    units = sum(-(-c.size // PAGE) for c in v.chunks)
+    for chunk in v.chunks:
+        origin = chunk.origin
+        tally = ram if origin == chunk.paddr else backup
+        for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+            n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
+            when = copy.read_time(offset)
+            got = mem.read(src, n, when)
+            want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
+                            for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
+            want = want[:n]
+            deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
+                      for d in device_deltas(run, p, 0, when)]
+            tally.add(diff_bytes(got, want), deltas)
+    return ram, backup, units
+
+
+def dma_hits(run: CrashRun) -> dict[str, dict[str, int]]:
+    """Bytes each device wrote after the panic, per region of the capture path."""
+    hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for w in run.machine.memory.log:
+        if w.time > 0 and w.actor in run.device_names:
+            hits[run.region_of(w.addr)][w.actor] += w.length
+    return {r: dict(sorted(d.items())) for r, d in sorted(hits.items())}
+
+
+def notes_in_dump(run: CrashRun) -> list[int]:
+    """CPU ids whose crash note made it into /proc/vmcore."""
+    if run.vmcore is None:
+        return []
+    kept = set(run.vmcore.note_sources)
+    return [c.id for c in run.cpus if c.note_addr in kept]
+
+
+def finish(run: CrashRun) -> None:
+    """Decide the outcome and fill run.metrics."""
+    end = run.env.now
+    boot_end = run.phase.get("capture_boot_end", end)
+    regions: dict[str, Any] = {}
+    for name in ("kernel", "initrd", "params", "purgatory", "elfcorehdr"):
+        at = {"purgatory": run.phase.get("purgatory_start", end),
+              "elfcorehdr": run.phase.get("vmcore_init", end)}.get(name, boot_end)
+        regions["capture_kernel" if name == "kernel" else name] = segment_corruption(run, name, at).as_dict()
+    saved = notes_in_dump(run)
+    dumped_units = 0
+    if run.copy is not None:
+        ram, backup, dumped_units = dump_corruption(run)
+        regions["backup_region"], regions["dumped_ram"] = backup.as_dict(), ram.as_dict()
+    bad_pages = regions.get("dumped_ram", {}).get("pages", 0) + regions.get("backup_region", {}).get("pages", 0)
+    missing = [c.id for c in run.cpus if c.id not in saved] if run.vmcore is not None else []
+    run.outcome = _outcome(run, missing, bad_pages)
+    run.metrics = {
+        "outcome": run.outcome,
+        "detected": run.outcome == "purgatory_mismatch",
+        "purgatory": run.purgatory_result,
+        "vmcore_error": run.vmcore_error,
+        "cpus_saved": len(saved),
+        "cpus_missing": missing,
+        "corrupted_bytes": sum(r["bytes"] for r in regions.values()),
+        "regions": regions,
+        "dump_pages": dumped_units,
+        "dump_pages_corrupted": bad_pages,
+        "dump_fidelity": (1 - bad_pages / dumped_units) if dumped_units else None,
+        "dma_hits": dma_hits(run),
+        "dma": {e.name: {"writes": e.writes, "bytes": e.bytes_written, "blocked": e.blocked,
+                         "stopped_ns": e.stopped_at, "stop_reason": e.stop_reason} for e in run.engines},
+        "phase_ns": dict(run.phase),
+        "end_ns": end,
+    }
+
+
+def _outcome(run: CrashRun, missing: list[int], bad_pages: int) -> str:
+    if run.purgatory_result == "mismatch":
+        return "purgatory_mismatch"
+    if run.capture_corrupted:
+        return "capture_kernel_corrupted"
+    if run.vmcore is None:
+        return "vmcore_unavailable"
+    if missing:
+        return "cpu_state_missing"
+    if bad_pages:
+        return "ok_dump_corrupted"
+    return "ok"

@@ -1,0 +1,60 @@
+"""The run report: everything a reader needs to check the run and its vmcore."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from kdumpsim import __version__
+
+if TYPE_CHECKING:
+    from kdumpsim.crash.run import CrashRun
+
+
+def build_report(run: CrashRun) -> dict[str, Any]:
+    from kdumpsim.measure.metrics import notes_in_dump
+    m, image = run.machine, run.image
+    in_dump = notes_in_dump(run)
+    return {
+        "kdumpsim": __version__,
+        "model": m.cfg.name,
+        "seed": run.seed,
+        "arch": m.arch,
+        "era": m.era,
+        "design": m.cfg.design,
+        "outcome": run.outcome,
+        "metrics": run.metrics,
+        "cpus": [{"id": c.id, "pid": c.pid, "answer": c.answer, "state": c.state,
+                  "note_addr": c.note_addr, "saved_ns": c.saved_at,
+                  "note_index": in_dump.index(c.id) if c.id in in_dump else None,
+                  "registers": c.regs} for c in run.cpus],
+        "panic_cpu": m.cfg.cpus.panic_cpu,
+        "ram": [{"start": s, "end": e} for s, e in m.ram_ranges],
+        "reservation": {"start": m.reservation.start, "end": m.reservation.end,
+                        "crashkernel": m.reservation.spec, "automatic": m.reservation.automatic},
+        "backup_region": ({"src": image.backup_src[0], "size": image.backup_src[1], "dest": image.backup_dest}
+                          if image.backup_src and image.backup_dest is not None else None),
+        "segments": [{"name": s.name, "start": s.start, "end": s.end, "memsz": s.memsz,
+                      "bufsz": len(s.data), "hashed": s.hashed} for s in image.segments],
+        "cmdline": image.cmdline,
+        "elfcorehdr": image.elfcorehdr,
+        "sha256": image.sha256_digest.hex() if image.sha256_digest else None,
+        "vmcore": _vmcore_summary(run),
+    }
+
+
+def _vmcore_summary(run: CrashRun) -> dict[str, Any] | None:
+    v = run.vmcore
+    if v is None:
+        return None
+    return {"size": v.size, "elfclass": 64 if v.elfclass == 2 else 32, "notes_offset": v.notes_offset,
+            "notes_bytes": len(v.notes),
+            "loads": [{"offset": p.p_offset, "paddr": p.p_paddr, "vaddr": p.p_vaddr, "size": p.p_memsz}
+                      for p in v.phdrs[1:]],
+            "dump_start_ns": run.copy.start if run.copy else None,
+            "throughput": run.copy.throughput if run.copy else None}
+
+
+def dumps(report: dict[str, Any]) -> str:
+    """Canonical JSON: sorted keys, so the same run gives the same bytes."""
+    return json.dumps(report, indent=2, sort_keys=True) + "\n"

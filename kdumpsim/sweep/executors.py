@@ -1,0 +1,257 @@
+"""Where an experiment's runs execute: local processes or a Dask cluster.
+
+Runs travel in chunks (a list of (point, replicate, seed) and the validated
+models of the points in it); a worker simulates each run and returns its
+`report.run_record` row. Chunks come back in completion order, so the caller
+writes each as soon as it arrives; the result of a run never depends on which
+worker ran it, nor in which order.
+
+    with make_executor("local", workers=2) as ex:
+        for results in ex.map_unordered(run_chunk, chunks): ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from kdumpsim.errors import ConfigError
+from kdumpsim.config.model import ModelConfig
+from kdumpsim.sweep.design import RunSpec
+from kdumpsim.machine.layout import derive_seed
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Runs sent to a worker together, with the models of their points."""
+    runs: tuple[RunSpec, ...]
+    models: dict[int, ModelConfig]
+    vmcore_dir: str | None = None     # write the vmcore of replicate 0 of each point here
+    analyse_dir: str | None = None    # run the crash tools on each run's vmcore, written here then deleted
+
+
+@dataclass(frozen=True)
+class RunResult:
+    point: int
+    replicate: int
+    seed: int
+    record: dict[str, Any] | None                 # report.run_record(run)
+    error: tuple[str, str] | None = None          # (field, message) of a LayoutError
+    vmcore: str | None = None                     # file name written, if any
+
+
+ChunkFn = Callable[[Chunk], list[RunResult]]
+
+
+def run_chunk(chunk: Chunk) -> list[RunResult]:
+    """Simulate every run of a chunk (in a worker process)."""
+    from kdumpsim.errors import LayoutError
+    from kdumpsim.measure.record import run_record
+    from kdumpsim.measure import simulate
+    out = []
+    for r in chunk.runs:
+        try:
+            run = simulate(chunk.models[r.point], r.seed)
+        except LayoutError as e:
+            # LayoutError does not survive pickling (two-argument __init__): send its text.
+            out.append(RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e))))
+            continue
+        vmcore = _keep_vmcore(chunk, r, run)
+        record = run_record(run)
+        if chunk.analyse_dir is not None:
+            from kdumpsim.measure.analysis import analysis_record
+            record.update(analysis_record(run, chunk.analyse_dir))
+        out.append(RunResult(r.point, r.replicate, r.seed, record, None, vmcore))
+    return out
+
+
+def _keep_vmcore(chunk: Chunk, r: RunSpec, run: Any) -> str | None:
+    if chunk.vmcore_dir is None or r.replicate != 0:
+        return None
+    from kdumpsim.errors import NoVmcore
+    from kdumpsim.formats.vmcore import write_vmcore
+    name = f"point-{r.point:05d}.vmcore"
+    try:
+        write_vmcore(run, Path(chunk.vmcore_dir) / name)
+    except NoVmcore:
+        return None            # the outcome column says why there is none
+    return name
+
+
+def make_chunks(runs: list[RunSpec], models: Callable[[int], ModelConfig], size: int, shuffle_seed: int,
+                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> list[Chunk]:
+    """Consecutive runs in chunks of `size` (so a chunk carries one or two
+    models), in a shuffled order so that the rate, and the time left the
+    progress bar shows, are not skewed by slow points bunched together."""
+    chunks = []
+    for i in range(0, len(runs), size):
+        part = tuple(runs[i:i + size])
+        chunks.append(Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir,
+                            analyse_dir))
+    random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(chunks)
+    return chunks
+
+
+def chunk_size(n_runs: int, workers: int) -> int:
+    """About ten chunks per worker, at most 25 runs each (results are saved per chunk)."""
+    return max(1, min(25, n_runs // max(1, workers * 10)))
+
+
+# ---------------------------------------------------------------- executors
+class Executor:
+    """Runs `fn` over items, yielding results as they complete."""
+    name = "executor"
+    workers = 1
+
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InlineExecutor(Executor):
+    """One worker: run in this process (no pickling, plain tracebacks)."""
+    name = "local"
+
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
+        for item in items:
+            yield fn(item)
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: let the parent decide, so that a
+    # worker does not die mid-chunk with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL) cannot shut the pool down: its
+    # workers would wait for work forever. Leave when the parent is gone.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class LocalExecutor(Executor):
+    """N local worker processes (ProcessPoolExecutor), at most 2 chunks queued per worker."""
+    name = "local"
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
+        pending: set[Future] = set()
+        queue = iter(items)
+        try:
+            for item in queue:
+                pending.add(self.pool.submit(fn, item))
+                if len(pending) >= 2 * self.workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor(Executor):
+    """A dask.distributed cluster: the one at `scheduler` (an address such as
+    tcp://127.0.0.1:8786, or a scheduler file), else a LocalCluster of
+    `workers` single-threaded processes started here."""
+    name = "dask"
+
+    def __init__(self, scheduler: str | None, workers: int):
+        from distributed import Client, LocalCluster
+        self.cluster = None
+        try:
+            if scheduler is None:
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+                self.client = Client(self.cluster)
+            elif Path(scheduler).is_file():
+                self.client = Client(scheduler_file=scheduler, timeout="20s")
+            else:
+                self.client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ConfigError("--scheduler", "", f"cannot connect to the Dask scheduler {scheduler}: {e}") from None
+        self.scheduler = self.client.scheduler.address
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        """Every worker must import this kdumpsim (same venv), or results would differ or fail."""
+        from kdumpsim import __version__
+        self.client.wait_for_workers(1, timeout=60)
+        try:
+            versions = self.client.run(_worker_version)
+        except ModuleNotFoundError as e:
+            raise ConfigError("--scheduler", "", f"a Dask worker cannot import kdumpsim ({e}): start the "
+                              "workers from this project's venv (.venv/bin/dask worker ...)") from None
+        bad = {w: v for w, v in versions.items() if v != __version__}
+        if bad:
+            raise ConfigError("--scheduler", "", f"Dask workers run another kdumpsim: {bad} (here {__version__})")
+        self.workers = len(versions)
+
+    def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
+        from distributed import as_completed
+        futures = [self.client.submit(fn, item, pure=False) for item in items]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        finally:
+            self.client.cancel([f for f in futures if not f.done()])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+
+def _worker_version() -> str:
+    import kdumpsim
+    return kdumpsim.__version__
+
+
+def make_executor(kind: str, workers: int, scheduler: str | None = None) -> Executor:
+    if kind == "dask":
+        return DaskExecutor(scheduler, workers)
+    if workers <= 1:
+        return InlineExecutor()
+    return LocalExecutor(workers)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def scheduler_address(path_or_address: str) -> str:
+    """The address in a scheduler file, or the argument itself."""
+    p = Path(path_or_address)
+    if p.is_file():
+        return json.loads(p.read_text())["address"]
+    return path_or_address
+

@@ -1,0 +1,301 @@
+"""An experiment's results on disk: part files as runs finish, one merged
+table, the manifest, and the summary statistics.
+
+    DIR/parts/part-*.parquet   one per finished chunk, each written atomically
+    DIR/results.parquet        all runs, sorted by (point, replicate)
+    DIR/manifest.json          what ran: experiment file and sha256, versions, seed, times
+    DIR/summary.csv            the per-point summary table
+
+A run is done when its row is in a part file; `--resume` runs only the rest.
+The merged table depends only on the rows: column types are inferred from the
+values of all rows, columns come in a fixed order, so 1 worker, N workers and
+Dask write the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kdumpsim.atomic import atomic_write, write_text
+
+Z95 = 1.959963984540054          # the 97.5th percentile of the standard normal
+FIXED_TYPES = {"point": pa.int64(), "replicate": pa.int64(), "seed": pa.uint64()}
+
+
+# ---------------------------------------------------------------- tables
+def infer_type(values: Iterable[Any]) -> pa.DataType:
+    """One Arrow type for a column from its Python values (None = missing)."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present:
+        return pa.null()
+    if all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.uint64() if max(present) >= 2**63 else pa.int64()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64()
+    return pa.string()
+
+
+def _convert(values: list[Any], typ: pa.DataType) -> list[Any]:
+    if pa.types.is_string(typ):
+        return [None if v is None else str(v) for v in values]
+    if pa.types.is_floating(typ):
+        return [None if v is None else float(v) for v in values]
+    return values
+
+
+def build_table(rows: list[dict[str, Any]], order: list[str] | None = None) -> pa.Table:
+    """Rows (dicts, keys may differ) -> a table with the columns in `order`
+    (default: first appearance; columns not in `order` follow by name); a
+    missing value is null."""
+    present: dict[str, None] = {}
+    for r in rows:
+        present.update(dict.fromkeys(r))
+    if order is None:
+        names = list(present)
+    else:
+        names = [c for c in order if c in present] + sorted(c for c in present if c not in set(order))
+    arrays, fields = [], []
+    for name in names:
+        values = [r.get(name) for r in rows]
+        typ = FIXED_TYPES.get(name) or infer_type(values)
+        arrays.append(pa.array(_convert(values, typ), type=typ))
+        fields.append(pa.field(name, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    with atomic_write(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+
+
+# ---------------------------------------------------------------- part files
+class PartStore:
+    """DIR/parts/*.parquet: what has been run so far."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.parts = self.out / "parts"
+
+    def files(self) -> list[Path]:
+        return sorted(self.parts.glob("part-*.parquet"))
+
+    def done(self) -> set[tuple[int, int]]:
+        """(point, replicate) of every run saved."""
+        keys: set[tuple[int, int]] = set()
+        for f in self.files():
+            t = pq.read_table(f, columns=["point", "replicate"])
+            keys.update(zip(t.column("point").to_pylist(), t.column("replicate").to_pylist()))
+        return keys
+
+    def write(self, rows: list[dict[str, Any]]) -> Path:
+        """Save one chunk's rows; the file appears whole or not at all."""
+        first = min((r["point"], r["replicate"]) for r in rows)
+        path = self.parts / f"part-{first[0]:06d}-{first[1]:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        write_parquet(build_table(rows), path)
+        return path
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every saved row, once per (point, replicate), sorted by them."""
+        by_key: dict[tuple[int, int], dict[str, Any]] = {}
+        for f in self.files():
+            for r in pq.read_table(f).to_pylist():
+                by_key.setdefault((r["point"], r["replicate"]), r)
+        return [by_key[k] for k in sorted(by_key)]
+
+    def clear(self) -> int:
+        """Remove the parts of an earlier run (and half-written temporaries)."""
+        n = 0
+        for f in list(self.parts.glob("part-*.parquet")) + list(self.parts.glob(".part-*")):
+            f.unlink()
+            n += 1
+        return n
+
+    def clean_temporaries(self) -> None:
+        # atomic_write leaves its temporary behind only if the process was killed
+        for f in self.parts.glob(".part-*"):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+
+
+def column_order(rows: list[dict[str, Any]], first: list[str], fixed: list[str], prefixes: list[str],
+                 last: list[str]) -> list[str]:
+    """A canonical column order that depends on the set of columns only (not on
+    which rows were written together): `first`, the `fixed` metric columns,
+    each prefix group (phase times by when the phase is first reached), the
+    rest by name, then `last`."""
+    present: dict[str, None] = {}
+    for r in rows:
+        present.update(dict.fromkeys(r))
+    order = [c for c in dict.fromkeys(first + fixed) if c in present]
+    for prefix in prefixes:
+        group = [c for c in present if c.startswith(prefix) and c not in order and c not in last]
+        if prefix == "t_":
+            group.sort(key=lambda c: (min((r[c] for r in rows if r.get(c) is not None), default=math.inf), c))
+        else:
+            group.sort()
+        order += group
+    order += sorted(c for c in present if c not in order and c not in last)
+    return order + [c for c in last if c in present]
+
+
+def merge(store: PartStore, path: Path, first: list[str], fixed: list[str], prefixes: list[str],
+          last: list[str]) -> pa.Table:
+    """All part files -> one table sorted by (point, replicate), written atomically."""
+    rows = store.rows()
+    table = build_table(rows, column_order(rows, first, fixed, prefixes, last))
+    write_parquet(table, path)
+    return table
+
+
+# ---------------------------------------------------------------- statistics
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) for n = 0."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Share:
+    k: int
+    n: int
+
+    @property
+    def p(self) -> float:
+        return self.k / self.n if self.n else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson(self.k, self.n)
+
+    def text(self) -> str:
+        lo, hi = self.ci
+        return f"{100 * self.p:3.0f}% [{100 * lo:2.0f}-{100 * hi:3.0f}]"
+
+
+def summarize(df: Any, points: list[Any], outcomes: list[str], capture_ok: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per sweep point: runs, outcome shares with Wilson intervals,
+    capture-failure share, median corrupted bytes, mean dump fidelity."""
+    out = []
+    groups = {k: g for k, g in df.groupby("point", sort=True)}
+    for p in points:
+        g = groups.get(p.index)
+        n = 0 if g is None else len(g)
+        row: dict[str, Any] = {"point": p.index, **p.display, "runs": n}
+        counts = {} if g is None else g["outcome"].value_counts().to_dict()
+        fail = sum(v for o, v in counts.items() if o not in capture_ok)
+        row["capture_failure"] = Share(int(fail), n)
+        for o in outcomes:
+            row[o] = Share(int(counts.get(o, 0)), n)
+        median = math.nan if g is None else float(g["corrupted_bytes"].median())
+        row["median_corrupted_bytes"] = round(median) if not math.isnan(median) else median
+        fid = None if g is None else g["dump_fidelity"].dropna()
+        row["mean_dump_fidelity"] = math.nan if fid is None or fid.empty else float(fid.mean())
+        out.append(row)
+    return out
+
+
+def marginal(df: Any, axis_name: str, labels: dict[int, str], order: list[str],
+             capture_ok: tuple[str, ...]) -> list[tuple[str, Share]]:
+    """Capture-failure share per value of one axis, over all other axes."""
+    by_value = df["point"].map(labels)
+    failed = ~df["outcome"].isin(list(capture_ok))
+    out = []
+    for value in order:
+        mask = by_value == value
+        out.append((value, Share(int(failed[mask].sum()), int(mask.sum()))))
+    return out
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table: Shares as 'p% [lo-hi]', numbers compact."""
+    if not rows:
+        return "(no runs)"
+    cols = list(rows[0])
+    cells = [[_cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    return text[:1].isdigit() or text[:1] in "-. " or text == "nan"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, Share):
+        return v.text()
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.0f}"
+    return str(v)
+
+
+def summary_csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary with each share as three columns (share, ci_low, ci_high)."""
+    out = []
+    for r in rows:
+        flat: dict[str, Any] = {}
+        for k, v in r.items():
+            if isinstance(v, Share):
+                lo, hi = v.ci
+                flat.update({k: v.p, f"{k}_ci_low": lo, f"{k}_ci_high": hi})
+            else:
+                flat[k] = v
+        out.append(flat)
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+    import io
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- manifest
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    p = Path(out) / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("kdumpsim", "simpy", "numpy", "pandas", "pyarrow", "dask", "distributed", "pydantic", "matplotlib"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    import platform
+    out["python"] = platform.python_version()
+    return out
