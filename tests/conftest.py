@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,37 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{message} (required because CI is set)")
         pytest.skip(message)
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "models"
+
+
+def load_named(name: str, *overrides: str):
+    """A shipped model by name (models/NAME.yaml) with --set style overrides."""
+    from kdumpsim.config.model import load_model
+    return load_model(MODELS_DIR / f"{name}.yaml", list(overrides))
+
+
+SMALL_MODERN = ('memory.iomem=["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]',
+                "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1",
+                "cpus.panic_cpu=1", "kexec.crashkernel=128M")
+
+
+@pytest.fixture
+def model():
+    """model(name, *overrides): a shipped model with overrides."""
+    return load_named
+
+
+@pytest.fixture
+def small_modern():
+    """small_modern(*overrides): the modern model on 1 GiB and 4 CPUs, so tests stay fast."""
+    return lambda *overrides: load_named("modern-x86_64", *SMALL_MODERN, *overrides)
+
+
+@pytest.fixture(scope="session")
+def finished_run():
+    """One measured crash of the small modern machine (seed 1), shared by read-only tests."""
+    from kdumpsim.measure import simulate
+    return simulate(load_named("modern-x86_64", *SMALL_MODERN), 1)

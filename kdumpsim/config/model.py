@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from kdumpsim import defaults as D
+from kdumpsim.names import reserved_name
 from kdumpsim.units import fmt_size, parse_duration, parse_rate, parse_size
 from kdumpsim.errors import ConfigError, LayoutError
 
@@ -391,6 +392,9 @@ def _check_consistency(m: ModelConfig) -> None:
             raise _FieldError(f"devices.{i}.name", f"duplicate device name {d.name!r} "
                                                    f"(also devices.{seen_dev[d.name]}): device names must be unique")
         seen_dev[d.name] = i
+        clash = reserved_name(d.name) or (f"{d.name!r} is a bus of topology.buses" if d.name in buses else None)
+        if clash:
+            raise _FieldError(f"devices.{i}.name", f"{clash}: a device needs a name of its own, e.g. nic0, nvme0")
         if d.bus not in buses:
             raise _FieldError(f"devices.{i}.bus", f"no bus {d.bus!r}{_did_you_mean(d.bus, buses)}; "
                                                   f"buses in topology.buses: {', '.join(sorted(buses)) or 'none'}")
@@ -404,7 +408,6 @@ def _check_consistency(m: ModelConfig) -> None:
     if k.elf_core_headers == "elf32" and m.memory.iomem[-1].end >= 1 << 32:
         raise _FieldError("kexec.elf_core_headers", "elf32 headers cannot describe RAM above 4 GiB "
                                                     f"(iomem reaches {m.memory.iomem[-1].end:#x}); use elf64")
-    _check_segments_fit(m, ram)
 
 
 def _check_iomem(m: ModelConfig) -> None:
@@ -430,32 +433,6 @@ def _check_iomem(m: ModelConfig) -> None:
     if m.arch == "x86_64" and iomem[-1].end >= 1 << 52:
         raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "x86_64 addresses at most 4 PiB "
                                                             "(52-bit physical addresses)")
-
-
-def _check_segments_fit(m: ModelConfig, ram: list[tuple[int, int]]) -> None:
-    """The capture kernel and initrd must fit the reservation (checked here, before their bytes exist)."""
-    from kdumpsim.machine.crashkernel import parse_crashkernel
-    try:
-        size, _ = parse_crashkernel(m.kexec.crashkernel, sum(e - s for s, e in ram))
-    except LayoutError:
-        return              # reported with the layout, by Machine
-    k = m.kexec
-    need = (k.capture_kernel_size or 0) + (k.initrd_size or 0)
-    if need > size and m.design != "2004":
-        modern = m.era == "modern"
-        field = "kexec.crashkernel"     # unless a size the user gave is the one that is too big
-        if k.capture_kernel_size != (D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005) \
-                and k.capture_kernel_size > size // 2:
-            field = "kexec.capture_kernel_size"
-        elif k.initrd_size != (D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005) and k.initrd_size > size // 2:
-            field = "kexec.initrd_size"
-        raise _FieldError(field, f"the capture kernel ({fmt_size(k.capture_kernel_size)}) and initrd "
-                                 f"({fmt_size(k.initrd_size)}) do not fit in crashkernel={k.crashkernel} "
-                                 f"({fmt_size(size)}); make them smaller or the reservation larger")
-    if m.design == "2004" and max(k.capture_kernel_size or 0, k.initrd_size or 0) > D.BACKUP_SIZE_2004:
-        field = "kexec.capture_kernel_size" if (k.capture_kernel_size or 0) > D.BACKUP_SIZE_2004 else "kexec.initrd_size"
-        raise _FieldError(field, "the 2004 design runs the capture kernel and initrd in the first 16 MiB; "
-                                 f"{fmt_size(getattr(k, field.split('.')[1]))} does not fit")
 
 
 def _ram_list(ram: list[tuple[int, int]]) -> str:

@@ -74,7 +74,7 @@ def make_engines(run: CrashRun) -> list[DmaEngine]:
     iommu = IovaSpace(cfg.topology.iommu.iova_base) if cfg.topology.iommu else None
     behind = {b.name for b in cfg.topology.buses if b.iommu}
     for i, spec in enumerate(cfg.devices):
-        eng = DmaEngine(i, spec, run.machine.rng("device", spec.name))
+        eng = DmaEngine(i, spec, run.machine.rng("device", i))   # by position: a rename changes nothing
         free = _placement_space(run, i, spec)
         iova = iommu if spec.bus in behind else None
         ring_size = _ring_size(spec)

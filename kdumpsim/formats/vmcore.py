@@ -18,14 +18,15 @@ import numpy as np
 from kdumpsim import defaults as D
 from kdumpsim.atomic import atomic_write
 from kdumpsim.formats.vmcorefile import Chunk
-from kdumpsim.machine.ram import PAGE_SHIFT, PhysicalMemory
 from kdumpsim.errors import NoVmcore
 
 if TYPE_CHECKING:
+    from kdumpsim.machine.ram import PhysicalMemory
     from kdumpsim.crash.run import CrashRun
 
 BLOCK = 1 << 20
 PAGE = D.PAGE_SIZE
+PAGE_SHIFT = PAGE.bit_length() - 1
 
 
 class _Pattern:

@@ -18,6 +18,7 @@ from kdumpsim.machine.ranges import FreeRanges
 from kdumpsim.units import MiB, fmt_size, parse_size
 
 if TYPE_CHECKING:
+    from kdumpsim.config.model import ModelConfig
     from kdumpsim.machine.layout import Machine
 
 
@@ -106,6 +107,7 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
     """Place the reservation as the kernel does, or explain why it cannot."""
     spec = machine.cfg.kexec.crashkernel
     size, base = parse_crashkernel(spec, machine.ram_total)
+    check_segments_fit(machine.cfg, size)
     if base is not None:
         # reserve_crashkernel: memblock_phys_alloc_range(size, SZ_1M, base, base + size)
         if base % MiB:
@@ -140,3 +142,24 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
                       f"{fmt_size(limits[-1])} for crashkernel={spec} "
                       "(crashkernel reservation failed - No suitable area found.); the largest free System RAM "
                       f"range is {largest / MiB:.1f} MiB, ask for less")
+
+
+def check_segments_fit(m: ModelConfig, size: int) -> None:
+    """The capture kernel and initrd must fit the reservation (checked before their bytes exist)."""
+    k = m.kexec
+    need = (k.capture_kernel_size or 0) + (k.initrd_size or 0)
+    if need > size and m.design != "2004":
+        modern = m.era == "modern"
+        field = "kexec.crashkernel"     # unless a size the user gave is the one that is too big
+        if k.capture_kernel_size != (D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005) \
+                and k.capture_kernel_size > size // 2:
+            field = "kexec.capture_kernel_size"
+        elif k.initrd_size != (D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005) and k.initrd_size > size // 2:
+            field = "kexec.initrd_size"
+        raise LayoutError(field, f"the capture kernel ({fmt_size(k.capture_kernel_size)}) and initrd "
+                                 f"({fmt_size(k.initrd_size)}) do not fit in crashkernel={k.crashkernel} "
+                                 f"({fmt_size(size)}); make them smaller or the reservation larger")
+    if m.design == "2004" and max(k.capture_kernel_size or 0, k.initrd_size or 0) > D.BACKUP_SIZE_2004:
+        field = "kexec.capture_kernel_size" if (k.capture_kernel_size or 0) > D.BACKUP_SIZE_2004 else "kexec.initrd_size"
+        raise LayoutError(field, "the 2004 design runs the capture kernel and initrd in the first 16 MiB; "
+                                 f"{fmt_size(getattr(k, field.split('.')[1]))} does not fit")
