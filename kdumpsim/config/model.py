@@ -19,8 +19,8 @@ from pydantic_core import PydanticCustomError
 
 from kdumpsim import defaults as D
 from kdumpsim.names import reserved_name
-from kdumpsim.units import fmt_size, parse_duration, parse_rate, parse_size
-from kdumpsim.errors import ConfigError, LayoutError
+from kdumpsim.units import parse_duration, parse_rate, parse_size
+from kdumpsim.errors import ConfigError
 
 
 def _nonneg_size(v: Any) -> int:

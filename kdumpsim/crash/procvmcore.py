@@ -13,7 +13,6 @@ The layout says, for every byte of the file, where in old memory it comes from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from kdumpsim import defaults as D
 from kdumpsim.formats import elf

@@ -18,7 +18,7 @@ from kdumpsim import defaults as D
 from kdumpsim.formats import elf
 from kdumpsim.errors import LayoutError
 from kdumpsim.machine.ranges import FreeRanges, RandomPlacer, align_up
-from kdumpsim.units import KiB, MiB, fmt_size, parse_duration, parse_size
+from kdumpsim.units import KiB, MiB, fmt_size, parse_duration
 
 if TYPE_CHECKING:
     from kdumpsim.machine.layout import Machine

@@ -43,7 +43,7 @@ NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 ALWAYS_KEPT = ("outcome", "detected", "corrupted_bytes", "dump_fidelity")
 # Identity columns every row has (axis columns go between `seed` and `outcome`).
 ID_COLUMNS = ("point", "point_label", "replicate", "seed")
-TAIL_COLUMNS = ("overrides", "rerun")
+TAIL_COLUMNS = ("error", "overrides", "rerun")
 # Rates a plot can draw besides numeric columns: share of runs per outcome, and
 # capture failure (no usable dump: every outcome but kdumpsim.names.CAPTURE_OK).
 RATE_METRICS = ("capture_failure_rate", "dump_corrupted_rate", "detected_rate")

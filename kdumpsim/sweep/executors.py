@@ -47,6 +47,7 @@ class RunResult:
     record: dict[str, Any] | None                 # report.run_record(run)
     error: tuple[str, str] | None = None          # (field, message) of a LayoutError
     vmcore: str | None = None                     # file name written, if any
+    crash: str | None = None                      # the exception a run raised (a bug): its row says so
 
 
 ChunkFn = Callable[[Chunk], list[RunResult]]
@@ -62,8 +63,10 @@ def run_chunk(chunk: Chunk) -> list[RunResult]:
         try:
             run = simulate(chunk.models[r.point], r.seed)
         except LayoutError as e:
-            # LayoutError does not survive pickling (two-argument __init__): send its text.
             out.append(RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e))))
+            continue
+        except Exception as e:  # noqa: BLE001 - a run that raises becomes a row, not the end of the sweep
+            out.append(RunResult(r.point, r.replicate, r.seed, None, crash=f"{type(e).__name__}: {e}"))
             continue
         vmcore = _keep_vmcore(chunk, r, run)
         record = run_record(run)

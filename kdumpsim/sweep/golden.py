@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from kdumpsim import paths
 from kdumpsim.trace.events import Event
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = paths.ROOT
 GOLDEN_DIR = ROOT / "tests" / "golden"
 MODELS_DIR = ROOT / "models"
 SEEDS = (1, 2, 3)

@@ -16,18 +16,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure   # no pyplot: no global backend, so a notebook's inline plots still show
 
-matplotlib.use("Agg")   # files only: no display, same output everywhere
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from kdumpsim.atomic import atomic_write  # noqa: E402
+from kdumpsim.atomic import atomic_write
 from kdumpsim.names import CAPTURE_OK
-from kdumpsim.sweep.design import Experiment, PlotSpec, plot_file, plot_metric  # noqa: E402
-from kdumpsim.sweep.results import Z95, wilson  # noqa: E402
+from kdumpsim.sweep.design import Experiment, PlotSpec, plot_file, plot_metric
+from kdumpsim.sweep.results import Z95, wilson
 
 OUTCOME_COLOURS = {"ok": "#4daf4a", "ok_dump_corrupted": "#a6d96a", "cpu_state_missing": "#fee08b",
                    "vmcore_unavailable": "#fdae61", "capture_kernel_corrupted": "#d7301f",
@@ -43,7 +39,6 @@ def draw_plots(exp: Experiment, df: pd.DataFrame, out: Path) -> list[Path]:
         path = Path(out) / plot_file(spec)
         with atomic_write(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
         files.append(path)
     return files
 
@@ -94,10 +89,12 @@ def _rate_hits(g: pd.DataFrame, metric: str) -> pd.Series | None:
 def _panels(exp: Experiment, df: pd.DataFrame, spec: PlotSpec, width: float, height: float):
     """(figure, [(axes, facet value or None, rows)]) one panel per facet value."""
     if spec.facet is None:
-        fig, ax = plt.subplots(figsize=(width, height))
+        fig = Figure(figsize=(width, height))
+        ax = fig.subplots()
         return fig, [(ax, None, df)]
     values = list(dict.fromkeys(exp.axis(spec.facet).display))
-    fig, axs = plt.subplots(1, len(values), figsize=(width * len(values), height), squeeze=False, sharey=True)
+    fig = Figure(figsize=(width * len(values), height))
+    axs = fig.subplots(1, len(values), squeeze=False, sharey=True)
     col = f"{spec.facet}__label"
     return fig, [(ax, v, df[df[col] == v]) for ax, v in zip(axs[0], values)]
 

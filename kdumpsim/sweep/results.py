@@ -299,3 +299,17 @@ def versions() -> dict[str, str]:
     import platform
     out["python"] = platform.python_version()
     return out
+
+
+def rate_table(df: Any, by: str | list[str], capture_ok: tuple[str, ...] = ("ok", "ok_dump_corrupted")) -> Any:
+    """Capture-failure rate per group of `df` with its 95% Wilson interval
+    (columns: the group keys, runs, failures, rate, lo, hi)."""
+    import pandas as pd
+    keys = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, g in df.groupby(keys, sort=False):
+        n, k = len(g), int((~g["outcome"].isin(capture_ok)).sum())
+        lo, hi = wilson(k, n)
+        rows.append({**dict(zip(keys, key)), "runs": n, "failures": k, "rate": k / n,
+                     "lo": min(lo, k / n), "hi": max(hi, k / n)})   # guard float rounding at 0% and 100%
+    return pd.DataFrame(rows)

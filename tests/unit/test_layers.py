@@ -11,7 +11,7 @@ import networkx as nx
 PKG = Path(__file__).resolve().parents[2] / "kdumpsim"
 # Bottom to top: a stage may import its own and lower stages, never higher ones.
 LAYERS = [
-    {"errors", "names", "units", "defaults", "atomic", "__init__"},
+    {"errors", "names", "units", "defaults", "atomic", "paths", "__init__"},
     {"config"},
     {"formats", "trace"},
     {"firstkernel"},

@@ -1,0 +1,272 @@
+"""The sweep as a library: run every point of an experiment, save rows as
+they come, summarise and plot. The CLI (`kdumpsim experiment`) and the
+notebooks call `run_experiment`.
+
+    from kdumpsim import run_experiment
+    res = run_experiment("experiments/dma_sweep.yaml", "results/dma_sweep", workers=2)
+    res.table            # pandas DataFrame, one row per run
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdumpsim.errors import ConfigError, WorkerLost
+from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
+from kdumpsim.names import CAPTURE_OK, OUTCOMES
+from kdumpsim.paths import ROOT
+from kdumpsim.sweep.design import (ID_COLUMNS, TAIL_COLUMNS, Experiment, check_layouts, kept, load_experiment,
+                                   point_count_text)
+from kdumpsim.sweep.executors import (Chunk, Executor, RunResult, chunk_size, default_workers, make_chunks,
+                                      make_executor, run_chunk)
+from kdumpsim.sweep.plots import draw_plots
+from kdumpsim.sweep.results import (PartStore, format_table, marginal, merge, read_manifest, summarize,
+                                    summary_csv_rows, versions, write_csv, write_manifest)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ERROR = "error"       # outcome of a run that raised instead of finishing
+
+@dataclass(frozen=True)
+class Options:
+    workers: int
+    resume: bool = False
+    executor: str = "local"          # local | dask
+    scheduler: str | None = None     # Dask scheduler address or file
+    chunk_size: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class SweepResult:
+    experiment: Experiment
+    out: Path
+    table: pd.DataFrame              # one row per run (results.parquet)
+    manifest: dict[str, Any]
+
+
+def run_experiment(experiment: str | Path | Experiment, out: str | Path | None = None, *, workers: int | None = None,
+                   resume: bool = False, executor: str = "local", scheduler: str | None = None,
+                   chunk_size: int | None = None, progress: bool = True) -> SweepResult:
+    """Run an experiment file (or a loaded Experiment) into `out` (default
+    results/<name>) and return its table. Raises ConfigError on bad input."""
+    if scheduler and executor != "dask":
+        raise ConfigError("--scheduler", "", "needs --executor dask")
+    for name, value in (("--workers", workers), ("--chunk-size", chunk_size)):
+        if value is not None and value < 1:
+            raise ConfigError(name, "", "must be at least 1")
+    exp = prepare(experiment)
+    dest = Path(out) if out is not None else default_out(exp)
+    check_vmcore_space(exp, dest)
+    opts = Options(workers or default_workers(), resume, executor, scheduler, chunk_size, progress)
+    return _run(exp, dest, opts)
+
+
+def prepare(experiment: str | Path | Experiment) -> Experiment:
+    """Load an experiment and lay out every point (an impossible one fails here, before any run)."""
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    check_layouts(exp)
+    print(f"{exp.spec.name}: {point_count_text(exp)}", file=sys.stderr)
+    return exp
+
+
+def default_out(exp: Experiment) -> Path:
+    return Path("results") / exp.spec.name
+
+
+def check_vmcore_space(exp: Experiment, out: Path) -> None:
+    """vmcores are as big as the model's RAM: say how much, refuse if the disk is too small."""
+    import shutil
+
+    if exp.spec.analyse:
+        biggest = max(sum(r.end - r.start + 1 for r in exp.model_for(p.index).memory.iomem if r.type == "System RAM")
+                      for p in exp.points)
+        print(f"analyse: one vmcore of up to {biggest / 2**30:.1f} GiB at a time per worker in {out / 'scratch'}",
+              file=sys.stderr)
+    if exp.spec.vmcores == "none":
+        return
+    need = sum(sum(r.end - r.start + 1 for r in exp.model_for(p.index).memory.iomem if r.type == "System RAM")
+               for p in exp.points)
+    where = out if out.exists() else next(d for d in [out, *out.parents] if d.exists())
+    free = shutil.disk_usage(where).free
+    print(f"vmcores: first run of each point, about {need / 2**30:.1f} GiB in {out / 'vmcores'}", file=sys.stderr)
+    if need > free:
+        raise ConfigError(exp.source, "vmcores", f"'first' would write about {need / 2**30:.1f} GiB of vmcores "
+                          f"({len(exp.points)} points) but {where} has {free / 2**30:.1f} GiB free: "
+                          "use a model with less RAM, or vmcores: none")
+
+
+def _run(exp: Experiment, out: Path, opts: Options) -> SweepResult:
+    store = PartStore(out)
+    started = _prepare(exp, out, store, opts.resume)
+    done = store.done()
+    todo = [r for r in exp.runs() if (r.point, r.replicate) not in done]
+    total = len(exp.points) * exp.spec.replicates
+    if done:
+        print(f"resuming: {len(done)} of {total} runs already in {store.parts}", file=sys.stderr)
+    manifest = _manifest(exp, out, opts, started, status="running", runs=len(done))
+    _write_manifest(out, manifest)
+    vmcore_dir = str((out / "vmcores").resolve()) if exp.spec.vmcores == "first" else None
+    t0 = time.monotonic()
+    if todo:
+        size = opts.chunk_size or chunk_size(len(todo), opts.workers)
+        analyse_dir = str((out / "scratch").resolve()) if exp.spec.analyse else None
+        chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir, analyse_dir)
+        with make_executor(opts.executor, opts.workers, opts.scheduler) as ex:
+            manifest["executor"] = _executor_text(ex)
+            _run_chunks(exp, store, ex, chunks, total, len(done), opts.progress)
+    return _finish(exp, out, store, manifest, len(todo), time.monotonic() - t0)
+
+
+def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
+    """Check a --resume continues the same experiment; else start afresh.
+    Returns the start time to record (the first session's when resuming)."""
+    now = _now()
+    previous = read_manifest(out)
+    if resume:
+        store.clean_temporaries()
+        if previous and previous.get("experiment_sha256") != exp.sha256 and store.files():
+            raise ConfigError(exp.source, "", f"changed since the run in {out} started (sha256 "
+                              f"{previous.get('experiment_sha256', '?')[:12]}... != {exp.sha256[:12]}...): "
+                              "its saved runs would not match; run without --resume to start afresh")
+        return previous.get("started", now) if previous else now
+    removed = store.clear() if store.parts.exists() else 0
+    for stale in [out / "results.parquet", out / "summary.csv", *(out / "vmcores").glob("point-*.vmcore")]:
+        stale.unlink(missing_ok=True)
+    if removed:
+        print(f"starting afresh: removed {removed} part files of an earlier run in {store.parts} "
+              "(--resume continues one instead)", file=sys.stderr)
+    return now
+
+
+def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Chunk], total: int, done: int,
+                progress: bool) -> None:
+    """Run the chunks, saving each chunk's rows as it arrives."""
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=done, unit="run", desc=exp.spec.name, file=sys.stderr,
+               disable=not progress, dynamic_ncols=True, mininterval=0.5, smoothing=0.05)
+    saved = done
+    try:
+        for results in ex.map_unordered(run_chunk, chunks):
+            rows = [_row(exp, r) for r in results]
+            store.write(rows)
+            saved += len(rows)
+            bar.update(len(rows))
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: {saved} of {total} runs saved in {store.parts}; "
+              f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume", file=sys.stderr)
+        raise
+    except BrokenProcessPool as e:
+        # A worker was killed (OOM killer, kill -9): what finished is saved.
+        bar.close()
+        raise WorkerLost(f"a worker process died ({e}); {saved} of {total} runs are saved in {store.parts}; "
+                         f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume") from None
+    finally:
+        bar.close()
+
+
+def _row(exp: Experiment, result: RunResult) -> dict[str, Any]:
+    """One results row: identity, axis values, the kept metrics, how to re-run it."""
+    p = exp.points[result.point]
+    if result.error is not None:
+        field_, message = result.error
+        raise ConfigError(exp.source, f"point {p.index} ({p.label}) replicate {result.replicate}: {field_}", message)
+    row: dict[str, Any] = {"point": p.index, "point_label": p.label, "replicate": result.replicate,
+                           "seed": result.seed, **p.params}
+    if result.crash is not None:
+        row.update(outcome=ERROR, error=result.crash)
+    else:
+        row.update({k: v for k, v in result.record.items() if kept(exp.spec, k)})
+    row["overrides"] = json.dumps(p.overrides, separators=(",", ":"))
+    row["rerun"] = exp.rerun_command(p, result.seed)
+    return row
+
+
+def _finish(exp: Experiment, out: Path, store: PartStore, manifest: dict, ran: int, seconds: float) -> SweepResult:
+    """Merge the parts, print the summary, draw the plots, complete the manifest."""
+    first = list(ID_COLUMNS) + [a.name for a in exp.axes] + ["outcome"]
+    table = merge(store, out / "results.parquet", first, list(RECORD_COLUMNS), list(RECORD_PREFIXES),
+                  list(TAIL_COLUMNS))
+    df = table.to_pandas()
+    measured = df[df["outcome"] != ERROR]
+    if len(measured) < len(df):
+        print(f"{len(df) - len(measured)} runs raised an exception: their rows have outcome '{ERROR}' and the "
+              "exception in the error column; they are left out of the summary and the plots", file=sys.stderr)
+    print_summary(exp, measured, out)
+    plots = draw_plots(exp, measured, out)
+    manifest.update(status="complete", finished=_now(), runs=table.num_rows, runs_this_session=ran,
+                    seconds_this_session=round(seconds, 1), columns=table.column_names,
+                    plots=[p.name for p in plots])
+    _write_manifest(out, manifest)
+    print(f"\n{table.num_rows} runs -> {out / 'results.parquet'}; plots: "
+          f"{', '.join(p.name for p in plots) or 'none'}", file=sys.stderr)
+    return SweepResult(exp, out, df, manifest)
+
+
+def print_summary(exp: Experiment, df: Any, out: Path) -> None:
+    seen = [o for o in OUTCOMES if (df["outcome"] == o).any()]
+    rows = summarize(df, exp.points, seen, CAPTURE_OK)
+    write_csv(summary_csv_rows(rows), out / "summary.csv")
+    print(f"\n{exp.spec.name}: outcome shares per point, 95% Wilson intervals in brackets; "
+          f"capture_failure = any outcome but {' / '.join(CAPTURE_OK)}")
+    print(format_table(rows))
+    for axis in exp.axes:
+        labels = {p.index: p.display[axis.name] for p in exp.points}
+        shares = marginal(df, axis.name, labels, list(dict.fromkeys(axis.display)), CAPTURE_OK)
+        text = ", ".join(f"{v} {s.text()}" for v, s in shares)
+        print(f"capture_failure by {axis.name}: {text}")
+
+
+def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: Any) -> dict:
+    return {
+        "experiment": str(exp.path),
+        "experiment_sha256": exp.sha256,
+        "name": exp.spec.name,
+        "model": exp.model_ref,
+        "master_seed": exp.spec.seed,
+        "replicates": exp.spec.replicates,
+        "points": len(exp.points),
+        "runs_total": len(exp.points) * exp.spec.replicates,
+        "axes": [{"name": a.name, "keys": list(a.keys), "unit": a.unit, "values": list(a.display)} for a in exp.axes],
+        "versions": versions(),
+        "started": started,
+        "resumed": opts.resume,
+        "executor": opts.executor,
+        "workers": opts.workers,
+        "rerun_from": str(exp.root),
+        "out": str(out),
+        **extra,
+    }
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    write_manifest(out, manifest)
+
+
+def _executor_text(ex: Executor) -> str:
+    if ex.name == "dask":
+        return f"dask {ex.scheduler} ({ex.workers} workers)"
+    return f"local ({ex.workers} worker{'s' if ex.workers != 1 else ''})"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def results_of(experiment: str | Path, out: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """The results table of `experiment` in `out`, running it first if `out`
+    has none (paths relative to the project checkout, as notebooks use them)."""
+    import pandas as pd
+    dest = ROOT / out
+    if not (dest / "results.parquet").exists():
+        run_experiment(ROOT / experiment, dest, progress=False, **kwargs)
+    return pd.read_parquet(dest / "results.parquet")
