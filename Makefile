@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench venv clean golden
+.PHONY: run test test-fast lint bench venv clean golden
 
 $(STAMP): requirements.lock pyproject.toml
 	$(SYSPY) -m venv --system-site-packages $(VENV)
@@ -22,6 +22,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not realkdump"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kdumpsim tests bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

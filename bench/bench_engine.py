@@ -13,8 +13,8 @@ import pstats
 import time
 
 import simpy
-
 from common import ROOT, best_of, machine
+
 from kdumpsim.config.model import load_model
 from kdumpsim.measure import simulate
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 
 import simpy
-
 from common import ROOT, best_of, machine
+
 from kdumpsim.config.model import load_model
 from kdumpsim.crash.purgatory import verify_sha256_digest
 from kdumpsim.measure import simulate

@@ -18,12 +18,12 @@ PAGE_SIZE = 4096  # x86 base page (arch/x86/include/asm/page_types.h PAGE_SHIFT 
 NMI_SHOOTDOWN_TIMEOUT = "1000ms"
 NMI_SHOOTDOWN_POLL = "1ms"
 # NMI IPI delivery per APIC-bus hop: ~2-3 us on the P6 APIC bus (LKML 2001),
-# ~1-3 us on xAPIC/x2APIC (FACTS.md "Crash shutdown").
+# ~1-3 us on xAPIC/x2APIC (docs/SOURCES.md §10).
 APIC_BUS_LATENCY_2005 = "2us"
 APIC_BUS_LATENCY_MODERN = "1us"
 # Crossing between sockets (QPI/UPI hop) (assumption).
 SOCKET_LINK_LATENCY = "500ns"
-# crash_save_cpu + disable_local_APIC + halt in the NMI handler (assumption, FACTS.md).
+# crash_save_cpu + disable_local_APIC + halt in the NMI handler (assumption, docs/SOURCES.md §10).
 CRASH_SAVE_CPU = "5us"
 LAPIC_SHUTDOWN = "2us"      # (assumption)
 IOAPIC_DISABLE = "20us"     # clear_IO_APIC walks every pin (assumption)
@@ -32,7 +32,7 @@ MACHINE_KEXEC = "50us"      # control page setup, jump to purgatory (assumption)
 
 # --- Purgatory (kexec-tools purgatory/purgatory.c verify_sha256_digest;
 # purgatory/arch/i386/crashdump_backup.c).
-# ~270 MB/s measured for an -O2 purgatory (2022 patch, FACTS.md); purgatory was
+# ~270 MB/s measured for an -O2 purgatory (2022 patch, docs/SOURCES.md §10); purgatory was
 # built -O0 until 2016 (kexec-tools 0a7fba8): 2005-era rate (assumption: 5x slower).
 PURGATORY_SHA256_RATE_MODERN = "270MB/s"
 PURGATORY_SHA256_RATE_2005 = "54MB/s"
@@ -42,7 +42,7 @@ BACKUP_SIZE_2005 = 640 * KiB      # first 640 KiB (paper 4.3)
 BACKUP_SIZE_2004 = 16 * MiB       # first 16 MB (paper 2.2)
 BACKUP_ALIGN = 1 * KiB            # kexec-tools load_crashdump_segments: align = 1024
 
-# --- Capture kernel (no measured figure found: assumption 10 s, FACTS.md).
+# --- Capture kernel (no measured figure found: assumption 10 s, docs/SOURCES.md §10).
 CAPTURE_BOOT = "10s"
 CAPTURE_DRIVER_INIT = "6s"        # when drivers probe, counted from the jump (assumption)
 CAPTURE_IOMMU_INIT = "3s"         # when the IOMMU driver comes up (assumption)
@@ -57,7 +57,7 @@ DUMP_THROUGHPUT_MODERN = "500MB/s"
 ELFCOREHDR_MIN_MEMSZ = 16 * KiB   # "bloat the memsz of elf core header segment to 16K"
 ELFCOREHDR_ALIGN = 1 * KiB
 KEXEC_SEGMENT_MAX = 16            # include/uapi/linux/kexec.h
-MEMMAP_MIN_RANGE = 100 * KiB      # cmdline_add_memmap skips ranges < 100K (FACTS.md)
+MEMMAP_MIN_RANGE = 100 * KiB      # cmdline_add_memmap skips ranges < 100K (docs/SOURCES.md)
 # crashkernel=X automatic placement (arch/x86/kernel/setup.c reserve_crashkernel):
 CRASH_ALIGN = 16 * MiB            # CRASH_ALIGN SZ_16M
 CRASH_ADDR_LOW_MAX_X86_64 = 4 * GiB   # tried first (below 4G)
@@ -69,7 +69,7 @@ KEXEC_LOAD_TIME = "-1s"           # kexec -p ran at boot; only "before the panic
 CAPTURE_KERNEL_SIZE_2005 = 4 * MiB    # a 2.6.12 vmlinux
 CAPTURE_KERNEL_SIZE_MODERN = 12 * MiB  # a 6.x bzImage
 INITRD_SIZE_2005 = 2 * MiB
-INITRD_SIZE_MODERN = 28 * MiB          # kdump initramfs (FACTS.md: 28 MB initramfs)
+INITRD_SIZE_MODERN = 28 * MiB          # kdump initramfs (docs/SOURCES.md §10)
 PURGATORY_SIZE = 16 * KiB
 PARAMS_SIZE = 16 * KiB                 # parameter block: zero page + command line (KT 2005: 16 KiB)
 CMDLINE_2005 = "root=/dev/sda1 maxcpus=1 init 1"          # paper section 5, step 6
@@ -85,7 +85,7 @@ CRASH_NOTE_BYTES_MODERN = {"x86_64": 2 * 12 + 8 + 336, "i386": 2 * 12 + 8 + 144}
 KERNEL_PHYS_START_I386 = 1 * MiB       # i386 default load address (paper 3)
 KERNEL_PHYS_START_X86_64 = 16 * MiB    # CONFIG_PHYSICAL_START=0x1000000
 KERNEL_TEXT_SIZE_X86_64 = 32 * MiB     # kernel-text PT_LOAD size (assumption; 52 MiB in the 6.1 sample)
-PAGE_OFFSET = {  # direct map base (FACTS.md, "PT_LOAD p_vaddr")
+PAGE_OFFSET = {  # direct map base (docs/SOURCES.md §3)
     ("i386", "2005"): 0xC000_0000,
     ("i386", "modern"): 0xC000_0000,
     ("x86_64", "modern"): 0xFFFF_8880_0000_0000,
@@ -94,7 +94,7 @@ I386_LOWMEM_LIMIT = 896 * MiB            # above this i386 has no direct-map vad
 START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000  # x86_64 __START_KERNEL_map
 OSRELEASE = {"2005": "2.6.13", "modern": "6.1.0-kdumpsim"}
 
-# --- Devices (FACTS.md "DMA after the crash").
+# --- Devices (docs/SOURCES.md §11).
 E1000_RX_DESCRIPTORS = 256   # e1000 default RX ring
 E1000_RX_BUFFER = 2 * KiB
 RX_DESCRIPTOR_BYTES = 16     # legacy RX descriptor (e1000 struct e1000_rx_desc)

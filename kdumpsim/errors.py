@@ -17,8 +17,8 @@ class KdumpsimError(Exception):
         return (_rebuild, (type(self), self.__dict__, self.args))
 
 
-def _rebuild(cls: type, state: dict, args: tuple) -> KdumpsimError:
-    err = Exception.__new__(cls)
+def _rebuild(cls: type[KdumpsimError], state: dict, args: tuple) -> KdumpsimError:
+    err: KdumpsimError = Exception.__new__(cls)
     err.args = args
     err.__dict__.update(state)
     return err

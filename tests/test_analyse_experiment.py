@@ -13,6 +13,8 @@ import pytest
 
 from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = f"""

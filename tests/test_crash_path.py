@@ -12,10 +12,10 @@ import pytest
 from kdumpsim.config.model import load_model
 from kdumpsim.kexec.load import kexec_load
 from kdumpsim.machine.layout import Machine
+from kdumpsim.measure import simulate
 from kdumpsim.measure.metrics import truth_page
 from kdumpsim.measure.report import build_report, dumps
 from kdumpsim.names import OUTCOMES
-from kdumpsim.measure import simulate
 from kdumpsim.units import MiB
 
 ROOT = Path(__file__).resolve().parents[1]

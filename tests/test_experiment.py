@@ -27,12 +27,12 @@ import yaml
 
 from kdumpsim.cli.main import main
 from kdumpsim.config.model import load_model, model_from_dict
+from kdumpsim.machine.layout import derive_seed
+from kdumpsim.measure import simulate
+from kdumpsim.measure.record import run_record
 from kdumpsim.names import CAPTURE_OK
 from kdumpsim.sweep.design import check_layouts, load_experiment, override_text, run_seed
-from kdumpsim.machine.layout import derive_seed
-from kdumpsim.measure.record import run_record
 from kdumpsim.sweep.results import Share, build_table, summarize, wilson
-from kdumpsim.measure import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "tests" / "experiments"
@@ -196,6 +196,7 @@ def test_override_text_round_trips() -> None:
         assert parse_override(f"k={override_text(value)}") == ("k", value)
 
 
+@pytest.mark.slow
 def test_row_recreated_alone(local2: Path, tmp_path: Path) -> None:
     """A row's seed and overrides re-create it with simulate, and its `rerun` command with `kdumpsim run`."""
     df = pd.read_parquet(local2 / "results.parquet")
@@ -233,6 +234,7 @@ def _same(a: object, b: object) -> bool:
 
 
 # ---------------------------------------------------------------- executors
+@pytest.mark.slow
 def test_local_one_worker_equals_two(local2: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
     r = experiment_cli(str(SMALL), "--out", str(out), "--workers", "1")
@@ -298,6 +300,7 @@ def dask_cluster(tmp_path: Path):
                 p.wait()
 
 
+@pytest.mark.slow
 def test_dask_cluster_equals_local(local2: Path, dask_cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "dask"
     r = experiment_cli(str(SMALL), "--out", str(out), "--executor", "dask", "--scheduler", dask_cluster,
@@ -309,6 +312,7 @@ def test_dask_cluster_equals_local(local2: Path, dask_cluster: str, tmp_path: Pa
 
 
 # ---------------------------------------------------------------- resume
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_resume_after_interruption(sig: int, tmp_path: Path) -> None:
     """Interrupt the CLI mid-way, then --resume: no run lost, none counted twice,
@@ -340,6 +344,7 @@ def test_resume_after_interruption(sig: int, tmp_path: Path) -> None:
     assert manifest["runs"] == 96 and manifest["runs_this_session"] == 96 - saved and manifest["resumed"]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_what_is_missing(local2: Path, tmp_path: Path) -> None:
     """Lose some part files of a finished run: --resume re-runs exactly those."""
     out = tmp_path / "partial"
@@ -358,6 +363,7 @@ def test_resume_runs_only_what_is_missing(local2: Path, tmp_path: Path) -> None:
     assert table_bytes(out) == table_bytes(local2)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_experiment(tmp_path: Path) -> None:
     f = write_experiment(tmp_path / "e.yaml", replicates=1, plots=[])
     out = tmp_path / "out"
@@ -407,6 +413,7 @@ def test_build_table_types_and_missing_columns() -> None:
     assert t.column("c").to_pylist() == [None, "x"] and t.column("d").to_pylist() == [None, True]
 
 
+@pytest.mark.slow
 def test_outputs_manifest_summary_and_plots(local2: Path) -> None:
     m = json.loads((local2 / "manifest.json").read_text())
     import hashlib
@@ -425,6 +432,7 @@ def test_outputs_manifest_summary_and_plots(local2: Path) -> None:
     assert not list((local2 / "parts").glob(".part-*")), "no temporaries left behind"
 
 
+@pytest.mark.slow
 def test_summary_printed(tmp_path: Path) -> None:
     f = write_experiment(tmp_path / "tiny.yaml", replicates=2, axes=[
         {"name": "start", "key": "devices.eth0.start", "values": ["0ms", "7s"]}], plots=[])
@@ -437,6 +445,7 @@ def test_summary_printed(tmp_path: Path) -> None:
     assert "%|" in r.stderr and "run/s" in r.stderr        # the tqdm bar went to stderr
 
 
+@pytest.mark.slow
 def test_vmcores_of_first_runs(tmp_path: Path) -> None:
     """vmcores: first keeps the vmcore of replicate 0 of each point (on a 64 MiB machine)."""
     f = write_experiment(tmp_path / "v.yaml", replicates=2, vmcores="first", plots=[], axes=[

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdumpsim.errors import InspectError
 from kdumpsim.formats import elf
 from kdumpsim.formats.elf import ELFCLASS32, ELFCLASS64, Phdr
-from kdumpsim.errors import InspectError
 from kdumpsim.formats.reader import format_summary, inspect_vmcore
 
 SAMPLE = Path(__file__).parent / "data" / "real-6.1-head8k.vmcore"

@@ -26,13 +26,20 @@ import pytest
 from conftest import require_tool
 
 from kdumpsim import defaults as D
-from kdumpsim.firstkernel import mm as FK
-from kdumpsim.measure.analysis import analyse_vmcore, dumped_pfns, expected_filter, kdump_bitmaps, kdumpfile_probe, parse_filter_report
 from kdumpsim.config.model import load_model
+from kdumpsim.firstkernel import mm as FK
 from kdumpsim.firstkernel.printk import expected_dmesg
-from kdumpsim.measure import simulate
-from kdumpsim.formats.vmcore import _base_block, _Pattern, dump_bytes, write_vmcore
 from kdumpsim.firstkernel.vmcoreinfo import vmcoreinfo_lines
+from kdumpsim.formats.vmcore import _base_block, _Pattern, dump_bytes, write_vmcore
+from kdumpsim.measure import simulate
+from kdumpsim.measure.analysis import (
+    analyse_vmcore,
+    dumped_pfns,
+    expected_filter,
+    kdump_bitmaps,
+    kdumpfile_probe,
+    parse_filter_report,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "modern-x86_64.yaml"

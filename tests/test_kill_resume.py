@@ -4,6 +4,7 @@ table of an uninterrupted run: nothing lost, nothing counted twice."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "experiments" / "small_i386.yaml"
 KDUMPSIM = [sys.executable, "-c", "import sys; from kdumpsim.cli import main; sys.exit(main())"]
 RUNS = 12 * 6
+pytestmark = pytest.mark.slow
 
 
 def experiment(tmp: Path) -> Path:
@@ -41,12 +43,14 @@ def saved_rows(out: Path) -> int:
 def start(exp: Path, out: Path, resume: bool) -> subprocess.Popen:
     argv = KDUMPSIM + ["experiment", str(exp), "--out", str(out), "--workers", "2", "--chunk-size", "2",
                        "--no-progress"] + (["--resume"] if resume else [])
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its own session, so that Ctrl-C can reach the whole process group as a terminal's does.
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def interrupt(proc: subprocess.Popen, out: Path, at_parts: int, how: str) -> None:
     """Wait until `at_parts` part files exist, then interrupt the sweep `how`."""
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while parts(out) < at_parts:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
@@ -54,9 +58,11 @@ def interrupt(proc: subprocess.Popen, out: Path, at_parts: int, how: str) -> Non
         workers = psutil.Process(proc.pid).children(recursive=True)
         assert workers, "no worker processes to kill"
         workers[0].send_signal(signal.SIGKILL)
+    elif how == "main":
+        proc.send_signal(signal.SIGKILL)
     else:
-        proc.send_signal(signal.SIGKILL if how == "main" else signal.SIGINT)
-    _, err = proc.communicate(timeout=90)
+        os.killpg(proc.pid, signal.SIGINT)      # Ctrl-C: the terminal signals every process of the group
+    _, err = proc.communicate(timeout=240)
     assert "Traceback" not in err, err
     if how == "main":
         # The orphaned workers notice their parent is gone and exit on their own.

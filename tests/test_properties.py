@@ -35,10 +35,10 @@ from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 
 from kdumpsim.config.model import read_yaml, validate_model
-from kdumpsim.errors import LayoutError
-from kdumpsim.names import OUTCOMES
 from kdumpsim.crash.run import CrashRun
+from kdumpsim.errors import LayoutError
 from kdumpsim.measure import simulate
+from kdumpsim.names import OUTCOMES
 from kdumpsim.trace.timeline import to_perfetto
 
 ROOT = Path(__file__).resolve().parents[1]

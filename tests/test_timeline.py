@@ -11,10 +11,17 @@ import pytest
 
 from kdumpsim.cli.main import main
 from kdumpsim.config.model import load_model
-from kdumpsim.measure import simulate
 from kdumpsim.errors import TraceError
-from kdumpsim.trace.timeline import build_timeline, perfetto_json, plot_gantt, read_trace, region_classifier, to_perfetto
+from kdumpsim.measure import simulate
 from kdumpsim.trace.events import Event, read_jsonl
+from kdumpsim.trace.timeline import (
+    build_timeline,
+    perfetto_json,
+    plot_gantt,
+    read_trace,
+    region_classifier,
+    to_perfetto,
+)
 from kdumpsim.units import MiB
 
 ROOT = Path(__file__).resolve().parents[1]

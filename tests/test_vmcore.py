@@ -27,12 +27,12 @@ from conftest import require_tool
 from elftools.elf.elffile import ELFFile
 
 from kdumpsim import defaults as D
-from kdumpsim.formats import elf
 from kdumpsim.config.model import load_model
-from kdumpsim.measure.report import build_report, dumps
 from kdumpsim.crash.run import CrashRun
-from kdumpsim.measure import simulate
+from kdumpsim.formats import elf
 from kdumpsim.formats.vmcore import dump_bytes, write_oldmem, write_vmcore
+from kdumpsim.measure import simulate
+from kdumpsim.measure.report import build_report, dumps
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

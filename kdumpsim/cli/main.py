@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment

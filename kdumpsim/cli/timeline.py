@@ -30,16 +30,14 @@ def register(sub) -> None:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     from kdumpsim.atomic import write_text
-    from kdumpsim.errors import UsageError
-    from kdumpsim.errors import TraceError
+    from kdumpsim.errors import TraceError, UsageError
     from kdumpsim.trace.timeline import perfetto_json, plot_gantt, read_trace
     if not args.perfetto and not args.plot:
         raise UsageError("timeline: nothing to write: give --perfetto OUT.json and/or --plot OUT.png")
     try:
         events = read_trace(args.trace)
-        perfetto = perfetto_json(events) if args.perfetto else None
         if args.perfetto:
-            write_text(args.perfetto, perfetto)
+            write_text(args.perfetto, perfetto_json(events))
         if args.plot:
             plot_gantt(events, args.plot, title=args.title if args.title is not None else args.trace)
     except TraceError as e:

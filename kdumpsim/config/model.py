@@ -11,16 +11,16 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from kdumpsim import defaults as D
+from kdumpsim.errors import ConfigError
 from kdumpsim.names import reserved_name
 from kdumpsim.units import parse_duration, parse_rate, parse_size
-from kdumpsim.errors import ConfigError
 
 
 def _nonneg_size(v: Any) -> int:
@@ -163,7 +163,7 @@ class BusSpec(Strict):
 
 
 class IommuSpec(Strict):
-    # What the capture kernel does with the IOMMU it finds on (FACTS.md): copy the
+    # What the capture kernel does with the IOMMU it finds on (docs/SOURCES.md): copy the
     # old translation tables (Intel VT-d today), turn it off (stale DMA lands on
     # raw addresses), or start with empty tables (DMA faults, blocked).
     capture_kernel: Literal["copy_tables", "disable", "fault"] = "copy_tables"
@@ -184,7 +184,7 @@ class Placement(Strict):
     end: Size | None = None
 
     @model_validator(mode="after")
-    def _range(self) -> "Placement":
+    def _range(self) -> Placement:
         if self.mode == "range":
             for name in ("start", "end"):
                 if getattr(self, name) is None:
@@ -214,7 +214,7 @@ class NicRxRing(DeviceBase):
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
 
     @model_validator(mode="after")
-    def _sizes(self) -> "NicRxRing":
+    def _sizes(self) -> NicRxRing:
         for name in ("buffer_size", "packet_size"):
             if getattr(self, name) < 1:
                 raise _field_error(name, "must be at least 1 byte")
@@ -229,7 +229,7 @@ class CyclicDma(DeviceBase):
     period: Duration = parse_duration("1ms")
 
     @model_validator(mode="after")
-    def _sizes(self) -> "CyclicDma":
+    def _sizes(self) -> CyclicDma:
         for name in ("buffer_size", "chunk"):
             if getattr(self, name) < 1:
                 raise _field_error(name, "must be at least 1 byte")
@@ -245,14 +245,14 @@ class StorageController(DeviceBase):
     command_size: Size = 64 * 1024
 
     @model_validator(mode="after")
-    def _sizes(self) -> "StorageController":
+    def _sizes(self) -> StorageController:
         if self.command_size < 1:
             raise _field_error("command_size", "must be at least 1 byte")
         return self
 
 
 DEVICE_KINDS = {"nic_rx_ring": NicRxRing, "cyclic": CyclicDma, "storage": StorageController}
-Device = Annotated[Union[NicRxRing, CyclicDma, StorageController], Field(discriminator="kind")]
+Device = Annotated[NicRxRing | CyclicDma | StorageController, Field(discriminator="kind")]
 
 
 class KexecSpec(Strict):
@@ -297,7 +297,7 @@ class TimingSpec(Strict):
     dump_throughput: Rate | None = None
 
     @model_validator(mode="after")
-    def _order(self) -> "TimingSpec":
+    def _order(self) -> TimingSpec:
         for name in ("driver_init", "iommu_init", "vmcore_init"):
             if not 0 <= getattr(self, name) <= self.capture_boot:
                 raise _field_error(name, f"{name} ({_fmt_ns(getattr(self, name))}) must lie within capture_boot "

@@ -10,8 +10,9 @@ any page follows from its offset (see `VmcoreCopy.read_time`).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.crash.integrity import changed_segments

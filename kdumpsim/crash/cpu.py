@@ -13,8 +13,9 @@ Every other CPU (`crash_nmi_callback`):
 from __future__ import annotations
 
 import random
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.firstkernel import printk
@@ -22,8 +23,8 @@ from kdumpsim.firstkernel.vmcoreinfo import CRASHTIME_EPOCH, crash_save_vmcorein
 from kdumpsim.formats import elf
 
 if TYPE_CHECKING:
-    from kdumpsim.machine.layout import Machine
     from kdumpsim.crash.run import CrashRun
+    from kdumpsim.machine.layout import Machine
 
 
 @dataclass

@@ -7,14 +7,15 @@ driver probes the device, with `reset_devices` where needed). A write lands
 after the bus path's latency plus size / bottleneck bandwidth (topology).
 Behind an IOMMU the device writes IOVAs: translated by the old tables, by
 tables the capture kernel copied, onto raw addresses once it turned the IOMMU
-off, or blocked once it starts with empty tables (FACTS.md).
+off, or blocked once it starts with empty tables (docs/SOURCES.md).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, DeviceBase, NicRxRing, StorageController

@@ -8,7 +8,8 @@ device wrote are compared: everything else equals the load by construction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 PAGE = D.PAGE_SIZE
 
 
-def diff_bytes(a: bytes, b: bytes) -> int:
+def diff_bytes(a: bytes | memoryview, b: bytes | memoryview) -> int:
     """How many bytes differ between two equal-length buffers."""
     if a == b:
         return 0

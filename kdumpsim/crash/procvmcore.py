@@ -13,12 +13,11 @@ The layout says, for every byte of the file, where in old memory it comes from.
 
 from __future__ import annotations
 
-
 from kdumpsim import defaults as D
 from kdumpsim.formats import elf
+from kdumpsim.formats.vmcorefile import Chunk, VmcoreLayout
 from kdumpsim.machine.ram import PhysicalMemory
 from kdumpsim.machine.ranges import align_down, align_up
-from kdumpsim.formats.vmcorefile import Chunk, VmcoreLayout
 
 MAX_HEADER_BYTES = 1 << 20   # far beyond 16 segments' worth; a corrupt e_phnum past this fails the allocation
 

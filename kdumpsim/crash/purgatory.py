@@ -14,7 +14,8 @@ after is not.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Generator
+from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.units import transfer_ns

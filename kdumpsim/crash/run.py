@@ -11,22 +11,24 @@ at boot (-1 s in the trace).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any
 
 import simpy
 
 from kdumpsim.config.model import ModelConfig, TimingSpec
+from kdumpsim.crash.capture import capture_kernel
 from kdumpsim.crash.cpu import CpuState, crash_notes_memory_init, machine_crash_shutdown, make_cpus
 from kdumpsim.crash.dma import ENGINES, DmaEngine, make_engines
+from kdumpsim.crash.purgatory import purgatory, relocate_2004
+from kdumpsim.firstkernel import printk, vmcoreinfo
+from kdumpsim.formats.vmcorefile import VmcoreLayout
 from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
 from kdumpsim.machine.layout import Machine
-from kdumpsim.formats.vmcorefile import VmcoreLayout
-from kdumpsim.crash.purgatory import purgatory, relocate_2004
+from kdumpsim.names import FIRST_KERNEL_RAM, KEXEC, RESERVATION_FREE
 from kdumpsim.trace.events import Trace
-from kdumpsim.crash.capture import capture_kernel
-from kdumpsim.firstkernel import printk, vmcoreinfo
-from kdumpsim.names import KEXEC, RESERVATION_FREE, FIRST_KERNEL_RAM
+
 
 @dataclass
 class CrashRun:

@@ -20,8 +20,9 @@ shootdown ends (time >= 0, actor "cpuN": the truth the dump should hold).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from kdumpsim import defaults as D
 from kdumpsim.firstkernel import mm as FK

@@ -23,8 +23,8 @@ from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.notes import iter_notes as pyelftools_iter_notes
 
-from kdumpsim.formats import elf
 from kdumpsim.errors import InspectError
+from kdumpsim.formats import elf
 
 MiB = 1 << 20
 # Cap on the note bytes read from all PT_NOTEs together. A real merged note
@@ -224,7 +224,7 @@ class _Inspector:
         try:
             if ehdr.e_shoff == 0:
                 return [seg.header for seg in elffile.iter_segments()]
-            return [struct_parse(elffile.structs.Elf_Phdr, self.stream,
+            return [struct_parse(elffile.structs.Elf_Phdr, self.stream,  # type: ignore[call-overload]
                                  ehdr.e_phoff + i * ehdr.e_phentsize)
                     for i in range(ehdr.e_phnum)]
         except _PYELFTOOLS_ERRORS as exc:

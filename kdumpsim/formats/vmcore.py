@@ -11,18 +11,19 @@ Memory use does not grow with the file.
 from __future__ import annotations
 
 import os
-from typing import IO, TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from kdumpsim import defaults as D
 from kdumpsim.atomic import atomic_write
-from kdumpsim.formats.vmcorefile import Chunk
 from kdumpsim.errors import NoVmcore
+from kdumpsim.formats.vmcorefile import Chunk
 
 if TYPE_CHECKING:
-    from kdumpsim.machine.ram import PhysicalMemory
     from kdumpsim.crash.run import CrashRun
+    from kdumpsim.machine.ram import PhysicalMemory
 
 BLOCK = 1 << 20
 PAGE = D.PAGE_SIZE

@@ -15,8 +15,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
-from kdumpsim.formats import elf
 from kdumpsim.errors import LayoutError
+from kdumpsim.formats import elf
 from kdumpsim.machine.ranges import FreeRanges, RandomPlacer, align_up
 from kdumpsim.units import KiB, MiB, fmt_size, parse_duration
 

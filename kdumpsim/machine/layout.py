@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass, field
 
 from kdumpsim import defaults as D
-from kdumpsim.errors import LayoutError
 from kdumpsim.config.model import ModelConfig
+from kdumpsim.errors import LayoutError
 from kdumpsim.machine.crashkernel import Reservation, reserve_crashkernel
 from kdumpsim.machine.ram import PhysicalMemory
 from kdumpsim.machine.ranges import FreeRanges, RandomPlacer, Taken, overlaps

@@ -19,8 +19,8 @@ covers it. Overlays are part of the base content: writes land on top.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 

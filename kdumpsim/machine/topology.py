@@ -36,6 +36,7 @@ def cpu_socket(cpu: int, cpus: int, sockets: int) -> int:
 def build_topology(m: ModelConfig) -> nx.Graph:
     g = nx.Graph()
     topo = m.topology
+    assert topo.apic_bus_latency is not None      # filled by the era's default
     half_bus = topo.apic_bus_latency // 2   # sender -> APIC bus -> receiver: half each way
     for s in range(m.cpus.sockets):
         g.add_node(f"socket{s}", kind="apic_bus")

@@ -10,7 +10,8 @@ construction, which is what keeps a 1 TiB machine as cheap as a 1 GiB one.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from kdumpsim import defaults as D
 from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes

@@ -29,9 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdumpsim.errors import ConfigError
 from kdumpsim.config.model import ModelConfig, _model_of, read_yaml, set_dotted, validate_model
-from kdumpsim.errors import LayoutError
+from kdumpsim.errors import ConfigError, LayoutError
 from kdumpsim.machine.layout import derive_seed
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
 from kdumpsim.units import GiB, KiB, MiB, TiB, parse_duration, parse_size
@@ -708,9 +707,9 @@ def lay_out(cfg: ModelConfig) -> None:
     import simpy
 
     from kdumpsim.crash.dma import make_engines
+    from kdumpsim.crash.run import CrashRun
     from kdumpsim.kexec.load import KEXEC_LOAD_TIME, kexec_load
     from kdumpsim.machine.layout import Machine
-    from kdumpsim.crash.run import CrashRun
     from kdumpsim.trace.events import Trace
     machine = Machine(cfg, 0)
     kexec_load(machine)

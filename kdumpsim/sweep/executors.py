@@ -19,15 +19,16 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from kdumpsim.errors import ConfigError
 from kdumpsim.config.model import ModelConfig
-from kdumpsim.sweep.design import RunSpec
+from kdumpsim.errors import ConfigError
 from kdumpsim.machine.layout import derive_seed
+from kdumpsim.sweep.design import RunSpec
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ ChunkFn = Callable[[Chunk], list[RunResult]]
 def run_chunk(chunk: Chunk) -> list[RunResult]:
     """Simulate every run of a chunk (in a worker process)."""
     from kdumpsim.errors import LayoutError
-    from kdumpsim.measure.record import run_record
     from kdumpsim.measure import simulate
+    from kdumpsim.measure.record import run_record
     out = []
     for r in chunk.runs:
         try:
@@ -114,6 +115,7 @@ class Executor:
     """Runs `fn` over items, yielding results as they complete."""
     name = "executor"
     workers = 1
+    scheduler: str | None = None     # a Dask scheduler address
 
     def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         raise NotImplementedError
@@ -121,7 +123,7 @@ class Executor:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:

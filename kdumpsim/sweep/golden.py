@@ -27,9 +27,10 @@ import hashlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kdumpsim import paths
 from kdumpsim.trace.events import Event
@@ -132,7 +133,10 @@ def _match(exp: list[dict[str, Any]], act: list[dict[str, Any]]):
         streams.setdefault((r["actor"], r["kind"]), ([], []))[0].append(r)
     for r in act:
         streams.setdefault((r["actor"], r["kind"]), ([], []))[1].append(r)
-    moved, changed, added, removed = [], [], [], []
+    moved: list[tuple[str, str, Any, Any]] = []
+    changed: list[tuple[str, str, Any, Any]] = []
+    added: list[tuple[str, str, Any, Any]] = []
+    removed: list[tuple[str, str, Any, Any]] = []
     for (actor, kind), (e, a) in streams.items():
         sm = difflib.SequenceMatcher(None, [_line(r) for r in e], [_line(r) for r in a], autojunk=False)
         for op, i1, i2, j1, j2 in sm.get_opcodes():

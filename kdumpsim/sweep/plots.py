@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure   # no pyplot: no global backend, so a notebook's inline plots still show
+from matplotlib.figure import Figure  # no pyplot: no global backend, so a notebook's inline plots still show
 
 from kdumpsim.atomic import atomic_write
 from kdumpsim.names import CAPTURE_OK
@@ -105,6 +105,7 @@ def _title(spec: PlotSpec, default: str, fig: Any) -> None:
 
 def heatmap(exp: Experiment, df: pd.DataFrame, spec: PlotSpec) -> Any:
     metric = plot_metric(spec)
+    assert spec.x is not None and spec.y is not None      # the schema requires both for a heatmap
     xs = list(dict.fromkeys(exp.axis(spec.x).display))
     ys = list(dict.fromkeys(exp.axis(spec.y).display))
     fig, panels = _panels(exp, df, spec, 1.1 * len(xs) + 2.5, 0.55 * len(ys) + 2)

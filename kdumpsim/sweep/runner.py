@@ -14,7 +14,7 @@ import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +22,38 @@ from kdumpsim.errors import ConfigError, WorkerLost
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
 from kdumpsim.names import CAPTURE_OK, OUTCOMES
 from kdumpsim.paths import ROOT
-from kdumpsim.sweep.design import (ID_COLUMNS, TAIL_COLUMNS, Experiment, check_layouts, kept, load_experiment,
-                                   point_count_text)
-from kdumpsim.sweep.executors import (Chunk, Executor, RunResult, chunk_size, default_workers, make_chunks,
-                                      make_executor, run_chunk)
+from kdumpsim.sweep.design import (
+    ID_COLUMNS,
+    TAIL_COLUMNS,
+    Experiment,
+    check_layouts,
+    kept,
+    load_experiment,
+    point_count_text,
+)
+from kdumpsim.sweep.executors import (
+    Chunk,
+    Executor,
+    RunResult,
+    chunk_size,
+    default_workers,
+    make_chunks,
+    make_executor,
+    run_chunk,
+)
 from kdumpsim.sweep.plots import draw_plots
-from kdumpsim.sweep.results import (PartStore, format_table, marginal, merge, read_manifest, summarize,
-                                    summary_csv_rows, versions, write_csv, write_manifest)
+from kdumpsim.sweep.results import (
+    PartStore,
+    format_table,
+    marginal,
+    merge,
+    read_manifest,
+    summarize,
+    summary_csv_rows,
+    versions,
+    write_csv,
+    write_manifest,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,6 +210,7 @@ def _row(exp: Experiment, result: RunResult) -> dict[str, Any]:
     if result.crash is not None:
         row.update(outcome=ERROR, error=result.crash)
     else:
+        assert result.record is not None
         row.update({k: v for k, v in result.record.items() if kept(exp.spec, k)})
     row["overrides"] = json.dumps(p.overrides, separators=(",", ":"))
     row["rerun"] = exp.rerun_command(p, result.seed)
@@ -259,7 +285,7 @@ def _executor_text(ex: Executor) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def results_of(experiment: str | Path, out: str | Path, **kwargs: Any) -> pd.DataFrame:

@@ -7,8 +7,9 @@ Actors use one dotted-free name per thing everywhere (`cpu3`, `nic0`,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from kdumpsim.units import NS_PER_S
 

@@ -36,12 +36,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from kdumpsim.trace.events import Event
 from kdumpsim.errors import TraceError
+from kdumpsim.trace.events import Event
 
 # Regions a DMA write may hit without touching the capture path itself
 # (sim.CrashRun.region_of): anything else is a segment, the backup, notes...
