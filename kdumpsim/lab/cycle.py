@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import LabError, nicstate, qemu, setup, traffic
+from . import LabError, iommu, nicstate, qemu, setup, traffic
 from .scenario import Scenario
 
 IOMEM_RE = re.compile(r"LAB: IOMEM\s+([0-9a-f]+)-([0-9a-f]+) : (.+)$")
@@ -43,6 +43,14 @@ def _iomem(serial: qemu.Serial) -> list[dict]:
         if m:
             out.append({"start": int(m.group(1), 16), "end": int(m.group(2), 16), "name": m.group(3).strip()})
     return out
+
+
+def _iommu_state(qmp, serial, nic: str) -> dict:
+    try:
+        bdf = nicstate.e1000_bdf(qmp) if nic == "e1000" else None
+        return iommu.read_state(qmp, iommu.drhd_base(serial.lines), bdf)
+    except LabError as exc:
+        return {"error": str(exc)}
 
 
 def run(scen: Scenario, rundir: Path, meta: dict | None = None, log=print) -> dict:
@@ -92,6 +100,8 @@ def run(scen: Scenario, rundir: Path, meta: dict | None = None, log=print) -> di
         record["panic_event"] = {k: v for k, v in ev.items() if k != "_host_time"}
         record["sent_before_truth"] = sender.count()
         record["nic"]["truth"] = nicstate.read(qmp, scen.nic)
+        if scen.iommu:
+            record["iommu"] = {"truth": _iommu_state(qmp, serial, scen.nic)}
         times["truth_dump_s"] = qmp.dump(rundir / "truth.elf")
         sender.resume()
         qmp.execute("cont")
@@ -102,6 +112,8 @@ def run(scen: Scenario, rundir: Path, meta: dict | None = None, log=print) -> di
         qmp.execute("stop")
         times["stopped"] = time.monotonic()
         record["nic"]["final"] = nicstate.read(qmp, scen.nic)
+        if scen.iommu:
+            record["iommu"]["final"] = _iommu_state(qmp, serial, scen.nic)
         sender.stop()
         record["sender_stop_reason"] = sender.stop_reason or "cycle_end"
         times["final_dump_s"] = qmp.dump(rundir / "final.elf")

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import LabError, traffic
+from .iommu import Translator
 from .elfcore import PAGE, Core
 
 SCHEMA = "kdumpsim-lab-result/1"
@@ -74,23 +75,31 @@ def frame_start(tag_paddr: int) -> int:
 
 # ---------------------------------------------------------------- rings
 
-def e1000_buffers(truth: Core, nic: dict) -> dict:
-    """Posted RX buffers of an e1000 ring read from the truth image."""
+def e1000_buffers(truth: Core, nic: dict, xlate=None, ram=None) -> dict:
+    """Posted RX buffers of an e1000 ring read from the truth image.  With an
+    IOMMU, `xlate` maps the IOVAs in the registers and descriptors to
+    physical addresses; `ram` lists the System RAM ranges."""
     n, base = nic["ring_len"], nic["ring_base"]
-    raw = truth.read(base, n * E1000_DESC) if n else None
+    phys = xlate(base) if xlate else base
+    in_ram = phys is not None and (not ram or _in_ranges(phys, ram))
+    raw = truth.read(phys, n * E1000_DESC) if n and in_ram else None
     if raw is None:
-        return {"readable": False, "note": f"ring at {base:#x} is not in guest RAM (an IOVA?)"}
+        return {"readable": False, "note": f"ring at {base:#x} is not in guest RAM (an untranslated IOVA?)"}
     descs = np.frombuffer(raw, dtype=np.dtype([("addr", "<u8"), ("len", "<u2"), ("csum", "<u2"),
                                                  ("status", "u1"), ("errors", "u1"), ("special", "<u2")]))
     rdh, rdt = nic["rdh"], nic["rdt"]
     hw = [(rdh + k) % n for k in range((rdt - rdh) % n)]
     dd = [int(i) for i in np.nonzero(descs["status"] & 1)[0]]
+    iovas = [int(descs["addr"][i]) for i in hw]
+    addrs = [xlate(a) if xlate else a for a in iovas]
     return {
         "readable": True,
+        "ring_phys": phys,
         "indices": hw,
-        "addrs": [int(descs["addr"][i]) for i in hw],
+        "iovas": iovas,
+        "addrs": [a for a in addrs if a is not None],
+        "untranslated": sum(1 for a in addrs if a is None),
         "dd_set_indices": dd,
-        "all_addrs": [int(a) for a in descs["addr"]],
     }
 
 
@@ -114,6 +123,40 @@ def virtio_buffers(truth: Core, nic: dict) -> dict:
         "lens": [int(descs["len"][h]) for h in heads],
         "avail_idx_in_truth": truth_aidx,
     }
+
+
+def descriptors_after_off(final: Core, nic_truth: dict, nic_final: dict, landed: int,
+                          system_ram: list, crash: list) -> dict:
+    """e1000 descriptors the NIC consumed after the IOMMU stopped translating:
+    it then fetches them from the ring's IOVA taken as a physical address
+    (QEMU hw/net/e1000.c e1000_receive_iov reads base + RDH*16 with
+    pci_dma_read; a null buffer_addr is skipped).  Where would their buffer
+    addresses send the frames?"""
+    n = nic_truth["ring_len"]
+    consumed = (nic_final["rdh"] - nic_truth["rdh"]) % n
+    idx = [(nic_truth["rdh"] + landed + k) % n for k in range(max(0, consumed - landed))]
+    out = {"descriptors": len(idx), "read_from": None, "null": 0, "in_ram": 0, "in_reservation": 0,
+           "outside_ram": 0, "unreadable": 0, "sample_buffer_addrs": []}
+    base = nic_truth["ring_base"]
+    out["read_from"] = "ram" if _in_ranges(base, system_ram) else "not RAM (ROM/MMIO or nothing)"
+    for i in idx:
+        raw = final.read(base + 16 * i, 16)
+        if raw is None:
+            out["unreadable"] += 1
+            continue
+        addr = int.from_bytes(raw[:8], "little")
+        if len(out["sample_buffer_addrs"]) < 6:
+            out["sample_buffer_addrs"].append(hex(addr))
+        if addr == 0:
+            out["null"] += 1
+        elif _in_ranges(addr, crash):
+            out["in_reservation"] += 1
+            out["in_ram"] += 1
+        elif _in_ranges(addr, system_ram):
+            out["in_ram"] += 1
+        else:
+            out["outside_ram"] += 1
+    return out
 
 
 def packing(addrs: list[int]) -> dict:
@@ -273,10 +316,18 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     nic_final = record["nic"].get("final", {})
     if "error" in nic_truth:
         raise LabError(f"NIC state at the panic was not read: {nic_truth['error']}")
+    system_ram = [(r["start"], r["end"] + 1) for r in iomem if r["name"] == "System RAM"]
+    mmu = (record.get("iommu") or {}).get("truth") or {}
+    xlate = None
+    if mmu.get("translation_enabled") and mmu.get("bdf"):
+        bus, slot, fn = mmu["bdf"]
+        tr = Translator(truth.read, mmu["rtaddr"], bus, (slot << 3) | fn)
+        xlate = tr.translate if tr.ok else (lambda a: None)
     if nic_kind == "e1000":
-        bufs = e1000_buffers(truth, nic_truth)
+        bufs = e1000_buffers(truth, nic_truth, xlate, system_ram)
         span = frame_len + FCS
-        ring_ranges = [(nic_truth["ring_base"], nic_truth["ring_base"] + nic_truth["ring_len"] * E1000_DESC)]
+        ring_phys = bufs.get("ring_phys", nic_truth["ring_base"])
+        ring_ranges = [(ring_phys, ring_phys + nic_truth["ring_len"] * E1000_DESC)]
     else:
         bufs = virtio_buffers(truth, nic_truth)
         span = VIRTIO_NET_HDR + frame_len
@@ -349,6 +400,9 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
         reason = "traffic_ended"
     elif device_reset:
         reason = "driver_reset" if nic_kind == "e1000" else "virtio_pci_reset"
+    elif mmu.get("translation_enabled") and not ((record.get("iommu") or {}).get("final") or {}).get(
+            "translation_enabled", True):
+        reason = "iommu_disabled"
     else:
         reason = "unknown"
     first_lost = next((q for q in post_sent if landed_seqs and q > landed_seqs[-1]), None)
@@ -444,8 +498,36 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     if not bufs.get("readable"):
         rx["note"] = bufs.get("note")
 
+    iommu_res = None
+    if mmu:
+        fin = (record.get("iommu") or {}).get("final") or {}
+        last = landed_seqs[-1] if landed_seqs else max_truth
+        redirected = sorted({(pa, s) for pa, s in post_final if s > last and s not in landed
+                             and s not in set(landed_seqs)})
+        redirected_seqs = {s for _, s in redirected}
+        vm_redirect = {s for _, s in post_vm if s > last}
+        iommu_res = {
+            "translation_at_panic": mmu.get("translation_enabled"),
+            "translation_final": fin.get("translation_enabled"),
+            "ring_iova": hex(nic_truth.get("ring_base", 0)),
+            "ring_phys": hex(bufs["ring_phys"]) if bufs.get("ring_phys") is not None else None,
+            "buffer_iova_range": ([hex(min(bufs["iovas"])), hex(max(bufs["iovas"]))]
+                                  if bufs.get("iovas") else None),
+            "untranslated_buffers": bufs.get("untranslated"),
+            # post-panic frames newer than the last one in an old buffer, found in RAM:
+            # DMA after the capture kernel switched translation off
+            "redirected_frames_final": len(redirected_seqs),
+            "redirected_in_reservation": sum(1 for pa, _ in redirected if _in_ranges(pa, crash)),
+            "redirected_in_vmcore": len(vm_redirect),
+            "redirected_sample_paddrs": [hex(pa) for pa, _ in redirected[:10]],
+        }
+        if nic_kind == "e1000" and fin and not fin.get("translation_enabled") and nic_final.get("ring_len"):
+            iommu_res["after_translation_off"] = descriptors_after_off(
+                final, nic_truth, nic_final, len(landed_seqs), system_ram, crash)
+
     return {
         "schema": SCHEMA,
+        "iommu": iommu_res,
         "scenario": scen,
         "kernel": record.get("kernel"),
         "qemu": record.get("qemu"),

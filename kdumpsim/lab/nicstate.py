@@ -39,14 +39,23 @@ def _pci_devices(qmp) -> list[dict]:
     return devs
 
 
-def e1000_bar0(qmp) -> int:
+def e1000_device(qmp) -> dict:
     for dev in _pci_devices(qmp):
-        ident = (dev["id"]["vendor"], dev["id"]["device"])
-        if ident in E1000_IDS:
-            for reg in dev.get("regions", []):
-                if reg.get("bar") == 0 and reg.get("type") == "memory":
-                    return int(reg["address"])
-    raise LabError("e1000 not found in query-pci (or BAR0 unassigned)")
+        if (dev["id"]["vendor"], dev["id"]["device"]) in E1000_IDS:
+            return dev
+    raise LabError("e1000 not found in query-pci")
+
+
+def e1000_bar0(qmp) -> int:
+    for reg in e1000_device(qmp).get("regions", []):
+        if reg.get("bar") == 0 and reg.get("type") == "memory":
+            return int(reg["address"])
+    raise LabError("e1000 BAR0 unassigned")
+
+
+def e1000_bdf(qmp) -> tuple[int, int, int]:
+    dev = e1000_device(qmp)
+    return dev["bus"], dev["slot"], dev["function"]
 
 
 def read_e1000(qmp) -> dict:
