@@ -274,3 +274,28 @@ def test_scenario_files_load_and_bad_values_fail(tmp_path):
     bad.write_text("colour: blue\n")
     with pytest.raises(LabError, match="unknown keys"):
         scenario.load(bad)
+
+
+def test_vtd_translator_walks_legacy_tables():
+    from kdumpsim.lab.iommu import Translator
+    mem = bytearray(0x20000)
+    root, ctx, l3, l2, l1 = 0x1000, 0x2000, 0x3000, 0x4000, 0x5000
+    bus, devfn = 0, (2 << 3) | 0
+    struct.pack_into("<QQ", mem, root + 16 * bus, ctx | 1, 0)
+    struct.pack_into("<QQ", mem, ctx + 16 * devfn, l3 | 1, 1 | (5 << 8))      # AW=1: 3 levels
+    iova = 0xFFFFE000
+    struct.pack_into("<Q", mem, l3 + 8 * ((iova >> 30) & 0x1FF), l2 | 3)
+    struct.pack_into("<Q", mem, l2 + 8 * ((iova >> 21) & 0x1FF), l1 | 3)
+    struct.pack_into("<Q", mem, l1 + 8 * ((iova >> 12) & 0x1FF), 0x1FE24000 | 3)
+    big = 0xFFC00000                                                         # a 2 MiB page
+    struct.pack_into("<Q", mem, l2 + 8 * ((big >> 21) & 0x1FF), 0x0A000000 | 3 | (1 << 7))
+
+    def read(pa, n):
+        return bytes(mem[pa:pa + n]) if pa + n <= len(mem) else None
+
+    tr = Translator(read, root, bus, devfn)
+    assert tr.ok and tr.levels == 3 and tr.domain == 5
+    assert tr.translate(iova + 0x123) == 0x1FE24123
+    assert tr.translate(big + 0x1234) == 0x0A001234
+    assert tr.translate(0x1000) is None                                       # unmapped
+    assert not Translator(read, root, 1, devfn).ok                            # no root entry for bus 1
