@@ -3,6 +3,7 @@
     python -m kdumpsim.lab setup [--force]
     python -m kdumpsim.lab run SCENARIO.yaml [--out RUNDIR] [--discard-dumps]
     python -m kdumpsim.lab measure RUNDIR
+    python -m kdumpsim.lab table RUNDIR...      (a markdown table of result.json files)
 
 Errors the user can fix (a missing tool, a bad scenario, a guest that did not
 reach a marker) print one line and exit with status 2.
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="delete truth.elf, final.elf and disk.img after measuring")
     p_meas = sub.add_parser("measure", help="analyse a run directory (writes result.json, summary.txt)")
     p_meas.add_argument("rundir", type=Path)
+    p_tab = sub.add_parser("table", help="markdown table of measured results (result.json of run dirs)")
+    p_tab.add_argument("rundirs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "setup":
@@ -53,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
             print(measure.summary(result))
             if args.discard_dumps:
                 cycle.discard_dumps(out)
+        elif args.cmd == "table":
+            from . import measure
+            results = []
+            for d in args.rundirs:
+                path = d / "result.json" if d.is_dir() else d
+                if not path.is_file():
+                    raise LabError(f"no result.json in {d}")
+                results.append(json.loads(path.read_text()))
+            print(measure.table(results))
         elif args.cmd == "measure":
             from . import measure
             result = measure.measure(args.rundir)

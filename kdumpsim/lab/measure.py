@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -101,6 +102,24 @@ def e1000_buffers(truth: Core, nic: dict, xlate=None, ram=None) -> dict:
         "untranslated": sum(1 for a in addrs if a is None),
         "dd_set_indices": dd,
     }
+
+
+def e1000_written_back(final: Core, ring_phys: int, n: int, xlate=None) -> list[int]:
+    """Buffer addresses of the descriptors with DD set in the final image's
+    ring: buffers the NIC filled and no driver cleaned (the dead driver
+    cleared DD of everything it had processed).  This also catches buffers
+    the driver posted between the truth snapshot and the panic."""
+    raw = final.read(ring_phys, n * E1000_DESC)
+    if raw is None:
+        return []
+    out = []
+    for i in range(n):
+        addr, status = struct.unpack_from("<Q4xB", raw, i * E1000_DESC)
+        if status & 1 and addr:
+            pa = xlate(addr) if xlate else addr
+            if pa is not None:
+                out.append(pa)
+    return out
 
 
 def virtio_buffers(truth: Core, nic: dict) -> dict:
@@ -336,7 +355,14 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
                        (nic_truth["avail_addr"], nic_truth["avail_addr"] + 6 + 2 * n),
                        (nic_truth["used_addr"], nic_truth["used_addr"] + 6 + 8 * n)]
     addrs = bufs.get("addrs", []) if bufs.get("readable") else []
-    find_buf = _buffer_index(addrs, span if nic_kind == "e1000" else max(bufs.get("lens", [span]) or [span]))
+    landing = list(addrs)
+    posted_after_truth = None
+    if nic_kind == "e1000" and bufs.get("readable"):
+        written = e1000_written_back(final, bufs["ring_phys"], nic_truth["ring_len"], xlate)
+        extra = sorted(set(written) - set(addrs))
+        posted_after_truth = len(extra)
+        landing += extra
+    find_buf = _buffer_index(landing, span if nic_kind == "e1000" else max(bufs.get("lens", [span]) or [span]))
 
     hw_owned = nic_truth.get("hw_owned")
     ring = {
@@ -377,7 +403,7 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     landed: dict[int, int] = {}
     in_res_final, elsewhere_final = set(), set()
     for pa, s in post_final:
-        if addrs and find_buf(frame_start(pa) if nic_kind == "e1000" else pa) is not None:
+        if landing and find_buf(frame_start(pa) if nic_kind == "e1000" else pa) is not None:
             landed[s] = pa
         elif _in_ranges(pa, crash):
             in_res_final.add(s)
@@ -390,6 +416,7 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     # why and when the old DMA stopped
     free = ring.get("free_descriptors_at_panic") or 0
     hw = hw_owned or 0
+    ring["buffers_posted_after_truth"] = posted_after_truth
     lost_after = [q for q in post_sent if landed_seqs and q > landed_seqs[-1]]
     traffic_ended = bool(post_sent) and not lost_after and (not landed_seqs or landed_seqs[-1] == post_sent[-1])
     if not addrs:
@@ -609,3 +636,32 @@ def summary(r: dict) -> str:
         f" ({ph.get('dump_rate_mb_s')} MB/s, {ph.get('vmcore_bytes')} bytes)",
     ]
     return "\n".join(lines)
+
+
+TABLE_COLUMNS = [
+    ("scenario", lambda r: r["scenario"]["name"]),
+    ("pps", lambda r: f"{r['scenario']['rate_pps']:g}"),
+    ("free desc. at panic (N)", lambda r: f"{r['ring']['free_descriptors_at_panic']} ({r['ring']['ring_len']})"),
+    ("RX bufs / pages", lambda r: f"{r['rx_buffers'].get('buffers', 0)} / {r['rx_buffers'].get('pages', 0)}"),
+    ("post-panic landed (old ring)", lambda r: r["post_panic"]["landed_old_ring"]),
+    ("in vmcore", lambda r: r["post_panic"]["in_vmcore"]),
+    ("DMA stop", lambda r: r["dma_stop"]["reason"]),
+    ("last landed sent at (s)", lambda r: r["dma_stop"]["last_landed_send_s"]),
+    ("vmcore pages changed: payload/ring/cpu", lambda r: "/".join(
+        str(r["pages"]["classes"].get(k, 0)) for k in ("payload", "ring", "cpu"))),
+    ("RX bufs in reservation", lambda r: r["reservation"]["rx_buffers_inside"]),
+    ("capture kernel / init / NIC drv / disk drv (s)", lambda r: " / ".join(
+        f"{r['phases_s'][k]:.2f}" if k in r["phases_s"] else "-"
+        for k in ("capture_kernel_start", "capture_init", "nic_driver_load", "disk_driver_load"))),
+    ("dump start..end (s), MB/s", lambda r: f"{r['phases_s'].get('dump_start', 0):.2f}..{r['phases_s'].get('dump_end', 0):.2f},"
+     f" {r['phases_s'].get('dump_rate_mb_s')}"),
+    ("cycle (s)", lambda r: r.get("cycle_s")),
+]
+
+
+def table(results: list[dict]) -> str:
+    """A markdown table of measured results, one row per run."""
+    head = "| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |"
+    sep = "|" + "---|" * len(TABLE_COLUMNS)
+    rows = ["| " + " | ".join(str(fn(r)) for _, fn in TABLE_COLUMNS) + " |" for r in results]
+    return "\n".join([head, sep, *rows])
