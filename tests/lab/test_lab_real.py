@@ -9,6 +9,8 @@ a virtio disk resets the virtio NIC; no first-kernel RX buffer is in the
 crashkernel reservation.
 
 Skipped unless KDUMPSIM_LAB=1 or CI is set; under CI a missing tool fails.
+KDUMPSIM_LAB_RESULTS=DIR keeps each run's result.json, summary.txt, run.json
+and serial.log under DIR/<scenario>/ (the RAM images are always deleted).
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ def _cycle(name: str, meta: dict, tmp_path_factory) -> dict:
     rundir = tmp_path_factory.mktemp(name)
     try:
         cycle.run(scen, rundir, meta, log=lambda *a: None)
-        return measure.measure(rundir)
+        result = measure.measure(rundir)
+        keep = os.environ.get("KDUMPSIM_LAB_RESULTS")   # optional: keep the small files of each run
+        if keep:
+            dest = Path(keep) / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in ("result.json", "summary.txt", "run.json", "serial.log"):
+                shutil.copy(rundir / f, dest / f)
+        return result
     finally:
         cycle.discard_dumps(rundir)
         shutil.rmtree(rundir, ignore_errors=True)
