@@ -1,6 +1,6 @@
 """Command line of the real-kdump lab.
 
-    python -m kdumpsim.lab setup [--force]
+    python -m kdumpsim.lab setup [--force] [--install]
     python -m kdumpsim.lab run SCENARIO.yaml [--out RUNDIR] [--discard-dumps]
     python -m kdumpsim.lab measure RUNDIR
     python -m kdumpsim.lab table RUNDIR...      (a markdown table of result.json files)
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_setup = sub.add_parser("setup", help="check tools, fetch the guest kernel, build and cache the images")
     p_setup.add_argument("--force", action="store_true", help="rebuild the images even if cached")
+    p_setup.add_argument("--install", action="store_true",
+                         help="apt-get install missing Debian packages first (root)")
     p_run = sub.add_parser("run", help="run one kdump cycle of a scenario, then measure it")
     p_run.add_argument("scenario", type=Path)
     p_run.add_argument("--out", type=Path, help="run directory (default: a new one under the cache dir)")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "setup":
             from . import setup
-            meta = setup.setup(force=args.force)
+            meta = setup.setup(force=args.force, install=args.install)
             print(json.dumps({k: meta[k] for k in ("dir", "kernel", "qemu", "kexec_tools")}, indent=1))
         elif args.cmd == "run":
             from . import cycle, measure, scenario, setup

@@ -63,6 +63,29 @@ def find_tool(name: str) -> Path:
     return Path(path)
 
 
+def install_missing() -> list[str]:
+    """`apt-get install` the Debian packages of missing tools (root only).
+    The same list as lab/ci-install.sh."""
+    missing = [pkg for name, pkg in TOOLS.items() if not (shutil.which(name) or
+               shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin"))]
+    if not BUSYBOX_STATIC.is_file():
+        missing.append("busybox-static")
+    if not list(Path("/usr/lib").glob("*/libc.a")):
+        missing.append("libc6-dev")
+    if not shutil.which("file"):
+        missing.append("file")
+    if not missing:
+        return []
+    if os.geteuid() != 0:
+        raise LabError(f"missing packages {' '.join(missing)} and not root: run lab/ci-install.sh as root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
+    proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
+    if proc.returncode != 0:
+        raise LabError(f"apt-get install {' '.join(missing)} failed (exit {proc.returncode})")
+    return missing
+
+
 def check_tools() -> dict[str, Path]:
     tools = {name: find_tool(name) for name in TOOLS}
     if not BUSYBOX_STATIC.is_file():
@@ -140,8 +163,13 @@ def bzimage_init_size(vmlinuz: Path) -> int:
     return int.from_bytes(data[0x260:0x264], "little")
 
 
-def setup(force: bool = False, verbose: bool = True) -> dict:
-    """Make sure everything a cycle needs exists; return the image metadata."""
+def setup(force: bool = False, verbose: bool = True, install: bool = False) -> dict:
+    """Make sure everything a cycle needs exists; return the image metadata.
+    With install=True, missing Debian packages are installed first."""
+    if install:
+        installed = install_missing()
+        if installed and verbose:
+            print(f"lab setup: installed {' '.join(installed)}")
     tools = check_tools()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

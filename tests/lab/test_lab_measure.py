@@ -299,3 +299,14 @@ def test_vtd_translator_walks_legacy_tables():
     assert tr.translate(big + 0x1234) == 0x0A001234
     assert tr.translate(0x1000) is None                                       # unmapped
     assert not Translator(read, root, 1, devfn).ok                            # no root entry for bus 1
+
+
+def test_missing_tool_is_one_line_error_exit_2(monkeypatch, capsys):
+    from kdumpsim.lab import __main__ as cli
+    from kdumpsim.lab import setup
+    monkeypatch.setitem(setup.TOOLS, "no-such-tool-kdumpsim", "no-such-package")
+    with pytest.raises(LabError, match="missing tool no-such-tool-kdumpsim .*no-such-package"):
+        setup.check_tools()
+    assert cli.main(["setup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lab: error: missing tool no-such-tool-kdumpsim") and "\n" not in err
