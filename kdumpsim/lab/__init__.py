@@ -14,9 +14,10 @@ Modules, one job each:
   traffic    -- tagged frame format and the bounded loopback sender
   elfcore    -- read ELF core files (vmcore, dump-guest-memory) by paddr
   nicstate   -- read NIC RX ring registers and descriptors
+  iommu      -- VT-d state at the pause; IOVA -> physical from a RAM image
   cycle      -- run one kdump cycle and write a run directory
   measure    -- analyse a run directory into a JSON result and a summary
-CLI: python -m kdumpsim.lab setup | run SCENARIO | measure RUNDIR
+CLI: python -m kdumpsim.lab setup | run SCENARIO | measure RUNDIR | table RUNDIR...
 """
 
 from __future__ import annotations

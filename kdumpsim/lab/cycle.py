@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -154,5 +153,3 @@ def discard_dumps(rundir: Path) -> None:
     for name in ("truth.elf", "final.elf", "disk.img"):
         (Path(rundir) / name).unlink(missing_ok=True)
 
-
-__all__ = ["run", "disk_usage", "discard_dumps", "shutil"]
