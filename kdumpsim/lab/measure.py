@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from . import LabError, traffic
-from .iommu import Translator
 from .elfcore import PAGE, Core
+from .iommu import Translator
 
 SCHEMA = "kdumpsim-lab-result/1"
 E1000_DESC = 16

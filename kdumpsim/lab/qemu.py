@@ -131,11 +131,11 @@ class QMP:
             except OSError:
                 self.sock.close()
                 if time.monotonic() > deadline:
-                    raise LabError(f"cannot connect to QMP socket {path}")
+                    raise LabError(f"cannot connect to QMP socket {path}") from None
                 time.sleep(0.05)
         self._file = self.sock.makefile("rb")
-        self.events: "queue.Queue[dict]" = queue.Queue()
-        self._replies: "queue.Queue[dict]" = queue.Queue()
+        self.events: queue.Queue[dict] = queue.Queue()
+        self._replies: queue.Queue[dict] = queue.Queue()
         self._lock = threading.Lock()
         greeting = json.loads(self._file.readline())
         if "QMP" not in greeting:
