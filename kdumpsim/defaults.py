@@ -46,6 +46,16 @@ BACKUP_ALIGN = 1 * KiB            # kexec-tools load_crashdump_segments: align =
 CAPTURE_BOOT = "10s"
 CAPTURE_DRIVER_INIT = "6s"        # when drivers probe, counted from the jump (assumption)
 CAPTURE_IOMMU_INIT = "3s"         # when the IOMMU driver comes up (assumption)
+# Copy failed: translation is off from init_dmars until intel_iommu_init re-enables it with
+# fresh tables (drivers/iommu/intel/iommu.c): how long that takes (assumption).
+IOMMU_FRESH_TABLES = "1ms"
+# IOVA space (drivers/iommu/dma-iommu.c, iova.c): PCI devices get IOVAs below 4 GiB first,
+# top-down, 4 KiB granule; the MSI window is reserved (intel/iommu.c IOAPIC_RANGE_START/END).
+IOVA_SAC_LIMIT = 1 << 32
+IOVA_MSI_WINDOW = (0xFEE0_0000, 0xFEF0_0000)
+# CMA crashkernel (kernel/crash_core.c crash_cma_clear_pending_dma): CMA_DMA_TIMEOUT_SEC.
+CMA_DMA_WAIT = "10s"
+CMA_ALIGN = 4 * MiB               # CMA areas are pageblock/MAX_ORDER aligned (assumption: 4 MiB)
 VMCORE_INIT_AT = "9s"             # fs_initcall vmcore_init, from the jump (assumption)
 DUMP_START_DELAY = "2s"           # initramfs userspace until the copy starts (assumption)
 # Disk-bound copy of /proc/vmcore (assumption); reading it alone is ~50 GB/s with
@@ -94,10 +104,42 @@ I386_LOWMEM_LIMIT = 896 * MiB            # above this i386 has no direct-map vad
 START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000  # x86_64 __START_KERNEL_map
 OSRELEASE = {"2005": "2.6.13", "modern": "6.1.0-kdumpsim"}
 
-# --- Devices (docs/SOURCES.md §11).
-E1000_RX_DESCRIPTORS = 256   # e1000 default RX ring
-E1000_RX_BUFFER = 2 * KiB
-RX_DESCRIPTOR_BYTES = 16     # legacy RX descriptor (e1000 struct e1000_rx_desc)
+# --- Devices (docs/SOURCES.md §11; Linux 6.1.192 drivers).
+# e1000: drivers/net/ethernet/intel/e1000/ e1000.h E1000_DEFAULT_RXD; e1000_sw_init
+# rx_buffer_len = MAXIMUM_ETHERNET_VLAN_SIZE at MTU 1500; e1000_frag_len: the
+# page_frag slice = SKB_DATA_ALIGN(1522 + NET_SKB_PAD 64) + SKB_DATA_ALIGN(skb_shared_info 320);
+# the device writes at E1000_HEADROOM (64) into the slice. e1000_configure posts
+# E1000_DESC_UNUSED = N-1 buffers and writes RDT one short: the hardware owns N-2.
+E1000_RX_DESCRIPTORS = 256
+E1000_RX_BUFFER_LEN = 1522
+E1000_FRAG_SIZE = 1920
+E1000_HEADROOM = 64
+SKB_SHARED_INFO = 320       # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), 6.1 x86_64
+E1000_HW_OWNED_SHORT = 2
+RX_DESCRIPTOR_BYTES = 16     # struct e1000_rx_desc; write-back fills its second 8 bytes
+# page_frag cache (include/linux/mm_types.h PAGE_FRAG_CACHE_MAX_SIZE, mm/page_alloc.c
+# __page_frag_cache_refill): 32 KiB order-3 blocks, slices handed out from the top (6.1).
+PAGE_FRAG_BLOCK = 32 * KiB
+# virtio-net (drivers/net/virtio_net.c): QEMU rx_queue_size 256; mergeable buffers
+# hdr 12 + GOOD_PACKET_LEN 1518 aligned to 64 = 1536, carved bottom-up from 32 KiB
+# skb_page_frag_refill blocks; refill only when more than 32 are free (virtnet_receive),
+# so N-32..N are posted. The used ring element is 8 bytes (id, len).
+VIRTIO_QUEUE_SIZE = 256
+VIRTIO_RX_BUFFER = 1536
+VIRTIO_REFILL_THRESHOLD = 32
+VIRTIO_USED_ELEM_BYTES = 8
+# NVMe (drivers/nvme/host/pci.c): 16-byte completion entries; io_queue_depth 1024;
+# HMB up to max_host_mem_size_mb 128 in chunks of at most 4 MiB (nvme_alloc_host_mem).
+NVME_CQE_BYTES = 16
+NVME_HMB_CHUNK = 4 * MiB
+# Completion latency of a command in flight: lognormal with this median and 99.9th
+# percentile. Secondary sources only (docs/SOURCES.md §11: 50-100 us reads at QD1;
+# tails of ms under mixed load) (assumption).
+NVME_LATENCY_MEDIAN = "80us"
+NVME_LATENCY_P999 = "5ms"
+# What the controller writes into its HMB until it is reset: 4 KiB every 1 ms (assumption).
+NVME_HMB_WRITE = 4 * KiB
+NVME_HMB_PERIOD = "1ms"
 PCI_BANDWIDTH = "133MB/s"    # 32-bit 33 MHz PCI
 PCIE_X4_BANDWIDTH = "1GB/s"  # PCIe 1.0: 250 MB/s per lane
 PCI_LATENCY = "1us"          # bridge crossing (assumption)

@@ -64,3 +64,4 @@ SEGMENTS = ("kernel", "initrd", "params", "purgatory", "elfcorehdr", "backup")
 FIRST_KERNEL_REGIONS = ("crash_notes", "vmcoreinfo")
 RESERVATION_FREE = "reservation_free"
 FIRST_KERNEL_RAM = "first_kernel_ram"
+CMA = "cma"                  # the CMA crashkernel area: capture-kernel RAM after the jump

@@ -35,9 +35,12 @@ def small_modern(*overrides: str):
                  "kexec.crashkernel=128M", *overrides)
 
 
-def device(kind: str, start: str, lo: int, hi: int, **extra) -> str:
+def device(kind: str, start: str, lo: int, hi: int, mode: str = "range", **extra) -> str:
+    """One device without a capture-kernel driver, its buffers in [lo, hi):
+    mode range (the first kernel's allocator there) or stale (programmed before
+    the reservation existed, the named way into reserved memory)."""
     spec = {"name": "dev0", "kind": kind, "bus": "pci0", "start": start, "capture_driver": False,
-            "placement": {"mode": "range", "start": lo, "end": hi}, **extra}
+            "placement": {"mode": mode, "start": lo, "end": hi}, **extra}
     return "devices=" + json.dumps([spec])
 
 
@@ -51,31 +54,30 @@ def test_no_dma_is_ok_and_nothing_corrupted(path: Path) -> None:
 
 
 def test_dma_into_a_segment_before_purgatory_is_detected() -> None:
-    # The paper's vmlinux sits at 16 MB; a NIC writing there right at the panic
-    # lands before purgatory hashes it.
-    run = simulate(model("paper-i386-2005", device("nic_rx_ring", "0ms", 16 * MiB, 20 * MiB, bus="pci0")), 1)
+    # The paper's vmlinux sits at 16 MB; a NIC that firmware programmed there
+    # (stale DMA) writing right at the panic lands before purgatory hashes it.
+    run = simulate(model("paper-i386-2005", device("nic_rx_ring", "0ms", 16 * MiB, 20 * MiB, "stale")), 1)
     assert run.outcome == "purgatory_mismatch"
     assert run.metrics["detected"] is True
     assert run.trace.first("purgatory_mismatch") is not None
     assert run.trace.first("boot_start") is None          # purgatory hangs: no capture kernel
-    assert run.metrics["regions"]["capture_kernel"]["writers"].keys() == {"dev0"}
+    assert run.metrics["regions"]["kernel"]["writers"].keys() == {"dev0"}
 
 
 def test_dma_into_capture_kernel_after_the_check_is_silent() -> None:
-    run = simulate(model("paper-i386-2005", device("nic_rx_ring", "1s", 16 * MiB, 20 * MiB)), 1)
+    run = simulate(model("paper-i386-2005", device("nic_rx_ring", "1s", 16 * MiB, 20 * MiB, "stale")), 1)
     hashed = run.hash_times["kernel"][1]
     first = min(e.time for e in run.trace.of_kind("dma_write"))
     assert first > hashed                                  # every write came after the check
     assert run.purgatory_result == "ok"
     assert run.outcome == "capture_kernel_corrupted"
-    assert run.metrics["regions"]["capture_kernel"]["bytes"] > 0
+    assert run.metrics["regions"]["kernel"]["bytes"] > 0
 
 
 def test_dma_during_dump_copy_corrupts_exactly_the_pages_read_after_it() -> None:
     # A storage controller whose driver the capture kernel lacks completes 8
     # commands of 64 KiB into first-kernel RAM at 768 MiB during the copy.
-    dev = device("storage", "12.5s", 768 * MiB, 800 * MiB, commands=8, command_size="64K", duration="100ms",
-                 bus="pcie0")
+    dev = device("storage", "12.5s", 768 * MiB, 800 * MiB, commands=8, command_size="64K", bus="pcie0")
     run = simulate(small_modern(dev), 2)
     assert run.outcome == "ok_dump_corrupted"
     copy = run.copy
@@ -92,14 +94,13 @@ def test_dma_during_dump_copy_corrupts_exactly_the_pages_read_after_it() -> None
     assert expected, "the DMA should land before the copy reaches 768 MiB"
     assert run.metrics["dump_pages_corrupted"] == len(expected)
     assert run.metrics["regions"]["dumped_ram"]["writers"].keys() == {"dev0"}
-    for name in ("capture_kernel", "initrd", "elfcorehdr", "backup_region"):
+    for name in ("kernel", "initrd", "elfcorehdr", "dumped_backup"):
         assert run.metrics["regions"][name]["bytes"] == 0
 
 
 def test_dma_after_the_copy_passed_leaves_the_dump_intact() -> None:
-    # Same device, but at 20 MiB, which the copy has read before the commands complete.
-    dev = device("storage", "14s", 20 * MiB, 30 * MiB, commands=8, command_size="64K", duration="100ms",
-                 bus="pcie0")
+    # Same device, but at 48 MiB, which the copy has read before the commands complete.
+    dev = device("storage", "14s", 48 * MiB, 64 * MiB, commands=8, command_size="64K", bus="pcie0")
     run = simulate(small_modern(dev), 2)
     assert run.metrics["dma"]["dev0"]["writes"] > 0
     assert run.outcome == "ok"
@@ -126,17 +127,19 @@ def test_a_lost_nmi_is_the_same_for_the_dump() -> None:
 
 
 def test_2004_design_fails_under_low_memory_dma_where_2005_does_not() -> None:
-    low = device("nic_rx_ring", "1s", 1 * MiB, 16 * MiB)
+    # The first kernel's drivers own buffers in its low memory (the allocator's
+    # pages between its image and 16 MiB): the 2004 capture kernel runs there.
+    low = device("nic_rx_ring", "1s", 5 * MiB, 16 * MiB)
     outcomes = {d: {simulate(model(f"paper-i386-{d}", low), s).outcome for s in range(3)} for d in ("2004", "2005")}
     assert outcomes["2004"] == {"capture_kernel_corrupted"}
     assert outcomes["2005"] <= {"ok", "ok_dump_corrupted"}
 
 
 def test_devices_stop_at_capture_driver_init() -> None:
-    spec = {"name": "snd0", "kind": "cyclic", "bus": "pcie0", "start": "0ms"}
+    spec = {"name": "snd0", "kind": "cyclic", "bus": "pcie0", "start": "0ms", "capture_driver": True}
     run = simulate(small_modern("devices=" + json.dumps([spec])), 0)
     eng = run.engines[0]
-    assert eng.stop_reason == "reset_devices"       # the modern cmdline carries reset_devices
+    assert eng.stop_reason == "driver_reset"
     assert eng.stopped_at == run.phase["capture_boot_start"] + run.timing.driver_init
     assert max(e.time for e in run.trace.of_kind("dma_write")) <= eng.stopped_at
 
@@ -144,8 +147,8 @@ def test_devices_stop_at_capture_driver_init() -> None:
 def test_rx_ring_stops_when_its_descriptors_are_used_up() -> None:
     spec = {"name": "nic", "kind": "nic_rx_ring", "bus": "pcie0", "descriptors": 32, "packet_rate": 1e6}
     run = simulate(small_modern("devices=" + json.dumps([spec])), 0)
-    assert run.engines[0].stop_reason == "rx_ring_exhausted"
-    assert run.metrics["dma"]["nic"]["writes"] == 2 * 32       # packet + descriptor write-back each
+    assert run.engines[0].stop_reason == "ring_exhausted"
+    assert run.metrics["dma"]["nic"]["writes"] == 2 * 30       # N-2 packets, each a payload and a write-back
 
 
 def test_same_model_and_seed_give_identical_report_and_trace(tmp_path: Path) -> None:

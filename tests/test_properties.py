@@ -62,25 +62,28 @@ DURATIONS = ["0ms", "5us", "200us", "1ms", "20ms", "150ms", "1s", "3s", "6.5s", 
 def devices(draw, buses: list[str], ram_lo: int, ram_hi: int) -> list[dict]:
     out = []
     for i in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["nic_rx_ring", "cyclic", "storage"]))
+        kind = draw(st.sampled_from(["nic_rx_ring", "virtio_net", "cyclic", "storage"]))
         duration = draw(st.sampled_from([None, "1ms", "50ms", "1s", "20s"]))
-        mode = draw(st.sampled_from(["random", "range", "reservation"]))
+        mode = draw(st.sampled_from(["allocator", "range", "stale", "wild"]))
         placement: dict = {"mode": mode}
-        if mode == "range":
+        if mode in ("range", "stale"):
             lo = draw(st.integers(ram_lo >> 20, (ram_hi >> 20) - 8)) << 20
             placement.update(start=lo, end=min(ram_hi, lo + (draw(st.sampled_from([16, 32, 128])) << 20)))
         d = {"name": f"dev{i}", "kind": kind, "bus": draw(st.sampled_from(buses)),
              "start": draw(st.sampled_from(DURATIONS)), "duration": duration, "placement": placement,
              "capture_driver": draw(st.booleans()), "needs_reset_devices": draw(st.booleans())}
         if kind == "nic_rx_ring":
-            d.update(descriptors=draw(st.sampled_from([1, 16, 256])),
+            d.update(descriptors=draw(st.sampled_from([3, 16, 256])), queues=draw(st.sampled_from([1, 4])),
+                     packet_rate=draw(st.sampled_from([1000, 50_000, 1_000_000])))
+        elif kind == "virtio_net":
+            d.update(queue_size=draw(st.sampled_from([64, 256])), virtio_pci=draw(st.booleans()),
                      packet_rate=draw(st.sampled_from([1000, 50_000, 1_000_000])))
         elif kind == "cyclic":
             d.update(buffer_size=draw(st.sampled_from(["4K", "16K", "64K"])), chunk=4096,
                      period=draw(st.sampled_from(["1ms", "10ms"] if duration else ["10ms", "100ms"])))
         else:
             d.update(commands=draw(st.sampled_from([1, 8, 64])),
-                     command_size=draw(st.sampled_from(["4K", "64K", "128K"])))
+                     command_size=draw(st.sampled_from(["4K", "64K", "128K"])), hmb=draw(st.sampled_from([0, "8M"])))
         out.append(d)
     return out
 
@@ -100,7 +103,7 @@ def models(draw) -> dict:
         for b in raw["topology"]["buses"]:
             b["numa_node"] = 0
         if draw(st.booleans()):
-            raw["topology"]["iommu"] = {"capture_kernel": draw(st.sampled_from(["copy_tables", "disable", "fault"]))}
+            raw["topology"]["iommu"] = {"capture_kernel": draw(st.sampled_from(["copy_tables", "copy_failed", "off"]))}
             raw["topology"]["buses"][0]["iommu"] = True
     raw["design"], raw["era"] = design, era
     count = draw(st.integers(1, 16))
@@ -276,7 +279,7 @@ def _pinned(base: str, seed: int, **over) -> tuple[dict, int]:
 @example(*_pinned("paper-i386-2005", 0, cpus={"count": 4, "unresponsive": {1: "hung", 3: "nmi_lost"}}))
 @example(*_pinned("paper-i386-2005", 1, devices=[{
     "name": "eth0", "kind": "nic_rx_ring", "bus": "pci0", "start": "0ms", "capture_driver": False,
-    "placement": {"mode": "reservation"}}]))
+    "placement": {"mode": "stale", "start": 16 << 20, "end": 48 << 20}}]))
 @example(*_pinned("paper-i386-2004", 2, cpus={"count": 1}))
 def test_timeline_invariants(raw: dict, seed: int) -> None:
     run = run_of(raw, seed)
@@ -289,5 +292,5 @@ def test_the_strategy_reaches_every_outcome_family() -> None:
     outcomes = {run_of(*_pinned("paper-i386-2005", 0, cpus={"count": 4, "unresponsive": {1: "hung"}})).outcome,
                 run_of(*_pinned("paper-i386-2005", 1, devices=[{
                     "name": "eth0", "kind": "nic_rx_ring", "bus": "pci0", "start": "0ms", "capture_driver": False,
-                    "placement": {"mode": "range", "start": 16 << 20, "end": 20 << 20}}])).outcome}
+                    "placement": {"mode": "stale", "start": 16 << 20, "end": 20 << 20}}])).outcome}
     assert outcomes == {"cpu_state_missing", "purgatory_mismatch"}

@@ -33,8 +33,9 @@ REQUIRED = {"X": {"name", "ph", "ts", "dur", "pid", "tid", "cat", "args"},
 
 
 def _device(kind: str, start: str, lo: int, hi: int, **extra) -> str:
+    """A device firmware programmed before the reservation existed (stale DMA): the named way in."""
     spec = {"name": "dev0", "kind": kind, "bus": "pci0", "start": start, "capture_driver": False,
-            "placement": {"mode": "range", "start": lo, "end": hi}, **extra}
+            "placement": {"mode": "stale", "start": lo, "end": hi}, **extra}
     return "devices=" + json.dumps([spec])
 
 

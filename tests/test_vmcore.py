@@ -275,7 +275,7 @@ def test_modern_layout_is_the_kernels(modern: Built) -> None:
     assert all(p.p_vaddr == D.PAGE_OFFSET[("x86_64", "modern")] + p.p_paddr for p in ram)
     r = m.reservation
     assert not any(p.p_paddr < r.end and r.start < p.p_paddr + p.p_memsz for p in loads(b))
-    backup = b.report["backup_region"]
+    backup = b.report["backup"]
     low = ram[0]
     assert (low.p_paddr, low.p_memsz) == (m.ram_ranges[0][0], backup["size"]) == (0x1000, 0x9EC00)
     pos = PAGE + -(-len(v.notes) // PAGE) * PAGE
@@ -334,7 +334,7 @@ def test_2005_layout(old_era: Built) -> None:
         assert (only.p_paddr, only.p_memsz) == (0, m.ram_ranges[-1][1])
     else:
         assert [(p.p_paddr, p.p_paddr + p.p_memsz) for p in loads(b)] == ram_minus_reservation(b)
-        assert loads(b)[0].p_paddr == 0 and chunk_for(b, loads(b)[0]).paddr == b.report["backup_region"]["dest"]
+        assert loads(b)[0].p_paddr == 0 and chunk_for(b, loads(b)[0]).paddr == b.report["backup"]["dest"]
 
 
 # -- 3. gdb ----------------------------------------------------------------------
@@ -440,7 +440,7 @@ def read_plan(b: Built) -> list[tuple[int, int]]:
         s, e = p.p_paddr, p.p_paddr + p.p_memsz
         mid = (s + (e - s) // 2) & ~(PAGE - 1)
         plan += [(s, 256), (s + 0x123, 100), (mid, PAGE), (mid - 40, 80), (e - PAGE, PAGE), (e - 64, 64)]
-    backup = b.report["backup_region"]
+    backup = b.report["backup"]
     if backup:
         plan += [(backup["src"] + 0x800, 512), (backup["src"] + backup["size"] - 300, 300)]
     return plan + [(a, PAGE) for a in dma_pages(b)]
@@ -523,7 +523,7 @@ def test_oldmem_and_vmcore_agree(b: Built) -> None:
 def test_oldmem_holds_the_backup_source_as_it_was(split: Built) -> None:
     """Low memory itself (not its backup copy) is in /dev/oldmem at its own address."""
     b = split
-    backup = b.report["backup_region"]
+    backup = b.report["backup"]
     with open(b.oldmem, "rb") as fh:
         fh.seek(backup["src"] + 0x1000)
         low = fh.read(64)

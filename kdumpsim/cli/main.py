@@ -158,7 +158,8 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
              f"reserved   {run.machine.describe_reservation()}  crashkernel={run.machine.reservation.spec}",
              f"cmdline    {run.image.cmdline}",
              f"cpus       {m['cpus_saved']}/{len(run.cpus)} notes saved"
-             + (f", missing: {m['cpus_missing']}" if m["cpus_missing"] else "")]
+             + (", missing: " + ", ".join(f"CPU {c} ({why.replace('_', ' ')})" for c, why in m["cpus_missing_why"].items())
+                if m["cpus_missing"] else "")]
     for name, ns in sorted(m["phase_ns"].items(), key=lambda kv: kv[1]):
         lines.append(f"  {ns / 1e9:12.6f} s  {name}")
     if m["dump_fidelity"] is not None:

@@ -162,12 +162,26 @@ class BusSpec(Strict):
     numa_node: Int = Field(default=0, ge=0)
 
 
+def _iommu_mode(v: Any) -> Any:
+    renamed = {"disable": "off", "fault": "copy_failed"}
+    if v in renamed:
+        raise ValueError(f"{v!r} is now {renamed[v]!r} (docs/SOURCES.md §11 names what the kernel does)")
+    return v
+
+
 class IommuSpec(Strict):
-    # What the capture kernel does with the IOMMU it finds on (docs/SOURCES.md): copy the
-    # old translation tables (Intel VT-d today), turn it off (stale DMA lands on
-    # raw addresses), or start with empty tables (DMA faults, blocked).
-    capture_kernel: Literal["copy_tables", "disable", "fault"] = "copy_tables"
-    iova_base: Size = 0xF000_0000  # IOVAs are handed out top-down below 4 GiB (assumption of our layout)
+    """The IOMMU across the crash (docs/SOURCES.md §11). The crash path leaves it
+    alone; the capture kernel's IOMMU init (pci_iommu_init) decides what old DMA does."""
+    vendor: Literal["intel", "amd"] = "intel"
+    # First kernel: DMA through translation (IOVAs from the IOVA allocator) or
+    # passthrough (iommu=pt: IOVA = physical address).
+    first_kernel: Literal["translate", "passthrough"] = "translate"
+    # Capture kernel: copy the old tables (old DMA keeps its old buffers until the
+    # device's new driver maps its first buffer), the copy fails (translation off
+    # briefly, then fresh tables: faults), or intel_iommu=off (translation off:
+    # old IOVAs land as physical addresses; amd_iommu=off leaves the old tables on).
+    capture_kernel: Annotated[Literal["copy_tables", "copy_failed", "off"],
+                              BeforeValidator(_iommu_mode)] = "copy_tables"
 
 
 class TopologySpec(Strict):
@@ -178,20 +192,42 @@ class TopologySpec(Strict):
     iommu: IommuSpec | None = None
 
 
+def _placement_mode(v: Any) -> Any:
+    if v == "reservation":
+        raise ValueError("no driver of the first kernel can own a buffer in the crashkernel reservation: it "
+                         "is memblock-reserved at boot, before the page allocator exists (docs/SOURCES.md §11); "
+                         "name how DMA gets there: mode: stale (a device programmed before the reservation "
+                         "existed), mode: wild (a corrupted driver), or an IOMMU the capture kernel turns off "
+                         "(topology.iommu.capture_kernel: off)")
+    if v == "random":
+        raise ValueError("'random' is now 'allocator' (pages the first kernel's page allocator could give the driver)")
+    return v
+
+
 class Placement(Strict):
-    mode: Literal["random", "range", "reservation"] = "random"
+    """Where a device's buffers are. `allocator`: pages the first kernel's page
+    allocator could give the driver (never the reservation, the kernel image, the
+    low 1 MiB or other kernel-owned memory); `range` narrows the allocator's choice
+    to [start, end). Named ways elsewhere: `stale` (programmed before the reservation
+    existed: firmware, a bootloader, a previous kernel; buffers anywhere in RAM in
+    [start, end)), `wild` (a corrupted driver: every write at a random RAM address
+    in [start, end)), `cma` (short-term pinned user pages in the CMA crashkernel area)."""
+    mode: Annotated[Literal["allocator", "range", "stale", "wild", "cma"], BeforeValidator(_placement_mode)] = "allocator"
     start: Size | None = None
     end: Size | None = None
 
     @model_validator(mode="after")
     def _range(self) -> Placement:
-        if self.mode == "range":
+        if self.mode in ("range", "stale"):
             for name in ("start", "end"):
                 if getattr(self, name) is None:
-                    raise _field_error(name, f"placement mode 'range' needs start and end "
+                    raise _field_error(name, f"placement mode {self.mode!r} needs start and end "
                                              f"(e.g. start: 16M, end: 32M); {name} is missing")
-            if self.end <= self.start:
-                raise _field_error("end", f"placement end {self.end:#x} must be above start {self.start:#x}")
+        elif self.mode in ("allocator", "cma") and (self.start is not None or self.end is not None):
+            raise _field_error("mode", f"placement mode {self.mode!r} takes no start/end; use mode: range "
+                                       "to narrow the allocator's choice")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise _field_error("end", f"placement end {self.end:#x} must be above start {self.start:#x}")
         return self
 
 
@@ -199,17 +235,28 @@ class DeviceBase(Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     bus: str = "pci0"
     start: SignedDuration = 0           # when post-panic traffic begins, relative to the panic (< 0: already running)
-    duration: Duration | None = None    # how long it goes on (None: until the device is stopped)
+    duration: Duration | None = None    # how long traffic goes on (None: until the device stops)
     placement: Placement = Field(default_factory=Placement)
-    capture_driver: bool = True         # the capture kernel probes its driver, which stops old DMA
-    needs_reset_devices: bool = False   # the driver stops old DMA only when `reset_devices` is given
+    dma_bits: Literal[32, 64] = 64      # DMA mask: a 32-bit device's buffers are below 4 GiB (ZONE_DMA32)
+    # How its old DMA stops: its driver probes in the capture kernel and resets the
+    # device (with `reset_devices` only, where the driver needs it). None: the kind's
+    # default (docs/SOURCES.md §11: a kdump initramfs for a local disk has the disk's
+    # driver and no NIC drivers).
+    capture_driver: bool | None = None
+    needs_reset_devices: bool = False
+    probe_at: Duration | None = None    # when its driver probes, from the capture kernel's start (default timing.driver_init)
+    iova_in_use: Size = 0               # IOVA space the device's other live mappings take above these buffers
 
 
 class NicRxRing(DeviceBase):
-    """An RX ring whose dead driver no longer refills it (e1000 defaults)."""
+    """An e1000-style RX ring whose dead driver no longer refills it: the
+    hardware owns N-2 of N descriptors at the panic; each buffer is a 1920-byte
+    page_frag slice, 17 to a 32 KiB block (docs/SOURCES.md §11)."""
     kind: Literal["nic_rx_ring"]
-    descriptors: Int = Field(default=D.E1000_RX_DESCRIPTORS, ge=1, le=65536)
-    buffer_size: Size = D.E1000_RX_BUFFER
+    descriptors: Int = Field(default=D.E1000_RX_DESCRIPTORS, ge=3, le=65536)
+    queues: Int = Field(default=1, ge=1, le=256)      # RX queues; RSS spreads packets over them
+    posted: Int | None = Field(default=None, ge=0)    # descriptors the hardware owns at the panic (default N-2)
+    buffer_size: Size = D.E1000_RX_BUFFER_LEN         # rx_buffer_len: the most the device writes per buffer
     packet_size: Size = 1514
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
 
@@ -218,6 +265,31 @@ class NicRxRing(DeviceBase):
         for name in ("buffer_size", "packet_size"):
             if getattr(self, name) < 1:
                 raise _field_error(name, "must be at least 1 byte")
+        if self.buffer_size > D.PAGE_FRAG_BLOCK - 512:
+            raise _field_error("buffer_size", f"a page_frag buffer holds at most {D.PAGE_FRAG_BLOCK - 512} bytes")
+        if self.posted is not None and self.posted > self.descriptors:
+            raise _field_error("posted", f"at most descriptors ({self.descriptors}) can be posted")
+        return self
+
+
+class VirtioNet(DeviceBase):
+    """virtio-net RX: mergeable buffers ~2.6 per page; N-32..N posted; reset by
+    virtio_pci's probe whenever the capture kernel loads virtio_pci (docs/SOURCES.md §11)."""
+    kind: Literal["virtio_net"]
+    queue_size: Int = Field(default=D.VIRTIO_QUEUE_SIZE, ge=33, le=32768)
+    queues: Int = Field(default=1, ge=1, le=256)
+    posted: Int | None = Field(default=None, ge=0)    # buffers posted at the panic (default: N-32..N, seeded)
+    buffer_size: Size = D.VIRTIO_RX_BUFFER
+    packet_size: Size = 1514
+    packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+    virtio_pci: bool = True    # the capture kernel loads virtio_pci (for a virtio dump disk): it resets this device
+
+    @model_validator(mode="after")
+    def _sizes(self) -> VirtioNet:
+        if not 1 <= self.buffer_size <= 4096:
+            raise _field_error("buffer_size", "a mergeable buffer is 1 to 4096 bytes")
+        if self.posted is not None and self.posted > self.queue_size:
+            raise _field_error("posted", f"at most queue_size ({self.queue_size}) can be posted")
         return self
 
 
@@ -239,20 +311,32 @@ class CyclicDma(DeviceBase):
 
 
 class StorageController(DeviceBase):
-    """Commands in flight at the crash, completing later by DMA into their buffers."""
+    """An NVMe controller: commands in flight at the crash complete after a
+    latency drawn from a lognormal (median, 99.9th percentile), each filling its
+    data pages and posting a completion entry; optionally a Host Memory Buffer
+    the controller writes until it is reset (docs/SOURCES.md §11)."""
     kind: Literal["storage"]
-    commands: Int = Field(default=32, ge=1, le=65536)
+    queues: Int = Field(default=1, ge=1, le=1024)
+    commands: Int = Field(default=32, ge=1, le=65536)     # in flight at the crash, over all queues
     command_size: Size = 64 * 1024
+    latency_median: Duration = parse_duration(D.NVME_LATENCY_MEDIAN)
+    latency_p999: Duration = parse_duration(D.NVME_LATENCY_P999)
+    hmb: Size = 0                                          # Host Memory Buffer size (0: none)
 
     @model_validator(mode="after")
     def _sizes(self) -> StorageController:
         if self.command_size < 1:
             raise _field_error("command_size", "must be at least 1 byte")
+        if not 0 < self.latency_median <= self.latency_p999:
+            raise _field_error("latency_p999", "needs 0 < latency_median <= latency_p999")
         return self
 
 
-DEVICE_KINDS = {"nic_rx_ring": NicRxRing, "cyclic": CyclicDma, "storage": StorageController}
-Device = Annotated[NicRxRing | CyclicDma | StorageController, Field(discriminator="kind")]
+DEVICE_KINDS = {"nic_rx_ring": NicRxRing, "virtio_net": VirtioNet, "cyclic": CyclicDma, "storage": StorageController}
+Device = Annotated[NicRxRing | VirtioNet | CyclicDma | StorageController, Field(discriminator="kind")]
+# Whose driver a kdump initramfs carries by default (docs/SOURCES.md §11: dracut
+# strict host-only with --hostonly-nics '': the dump disk's driver, no NIC drivers).
+CAPTURE_DRIVER_DEFAULT = {"nic_rx_ring": False, "virtio_net": False, "cyclic": False, "storage": True}
 
 
 class KexecSpec(Strict):
@@ -263,6 +347,9 @@ class KexecSpec(Strict):
     elf_core_headers: Literal["elf64", "elf32"] = "elf64"
     skip_checks: bool = False            # kexec --skip-checks: purgatory does not verify
     backup: bool = True                  # kexec-tools' backup region (kexec_load path)
+    # crashkernel=SIZE,cma (Linux 6.17): an extra area the first kernel uses for
+    # movable pages and the capture kernel gets as RAM, left out of the dump.
+    crashkernel_cma: Size | None = None
 
 
 def _version_text(v: Any) -> Any:
@@ -292,6 +379,8 @@ class TimingSpec(Strict):
     capture_boot: Duration = parse_duration(D.CAPTURE_BOOT)
     driver_init: Duration = parse_duration(D.CAPTURE_DRIVER_INIT)
     iommu_init: Duration = parse_duration(D.CAPTURE_IOMMU_INIT)
+    iommu_fresh_tables: Duration = parse_duration(D.IOMMU_FRESH_TABLES)
+    cma_dma_wait: Duration = parse_duration(D.CMA_DMA_WAIT)
     vmcore_init: Duration = parse_duration(D.VMCORE_INIT_AT)
     dump_start_delay: Duration = parse_duration(D.DUMP_START_DELAY)
     dump_throughput: Rate | None = None
@@ -338,6 +427,9 @@ def _fill_era_defaults(m: ModelConfig) -> None:
         t.dump_throughput = parse_rate(D.DUMP_THROUGHPUT_MODERN if modern else D.DUMP_THROUGHPUT_2005)
     if topo.apic_bus_latency is None:
         topo.apic_bus_latency = parse_duration(D.APIC_BUS_LATENCY_MODERN if modern else D.APIC_BUS_LATENCY_2005)
+    for d in m.devices:
+        if d.capture_driver is None:
+            d.capture_driver = CAPTURE_DRIVER_DEFAULT[d.kind]
     for bus in topo.buses:
         if bus.bandwidth is None:
             bus.bandwidth = parse_rate(D.PCI_BANDWIDTH if bus.kind == "pci" else D.PCIE_X4_BANDWIDTH)
@@ -399,9 +491,13 @@ def _check_consistency(m: ModelConfig) -> None:
             raise _FieldError(f"devices.{i}.bus", f"no bus {d.bus!r}{_did_you_mean(d.bus, buses)}; "
                                                   f"buses in topology.buses: {', '.join(sorted(buses)) or 'none'}")
         p = d.placement
-        if p.mode == "range" and not any(s < p.end and e > p.start for s, e in ram):
+        if p.start is not None and p.end is not None and not any(s < p.end and e > p.start for s, e in ram):
             raise _FieldError(f"devices.{i}.placement", f"no System RAM in {p.start:#x}-{p.end:#x} to place "
                                                         f"DMA buffers in; System RAM is {_ram_list(ram)}")
+        if p.mode == "cma" and (d.kind != "storage" or m.kexec.crashkernel_cma is None):
+            raise _FieldError(f"devices.{i}.placement.mode", "CMA holds movable pages only: short-term pinned "
+                                                             "user pages of storage I/O (kind: storage) with "
+                                                             "kexec.crashkernel_cma set")
     k = m.kexec
     if k.elf_core_headers == "elf32" and m.arch == "x86_64":
         raise _FieldError("kexec.elf_core_headers", "elf32 core headers are for i386 only; use elf64 on x86_64")

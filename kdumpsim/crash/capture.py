@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
+from kdumpsim.crash.dma import wait_until
 from kdumpsim.crash.integrity import changed_segments
 from kdumpsim.crash.procvmcore import VmcoreInitError, layout_2004, vmcore_init
 from kdumpsim.formats.vmcorefile import VmcoreLayout
+from kdumpsim.names import IOMMU
 from kdumpsim.units import NS_PER_S, transfer_ns
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ def capture_kernel(run: CrashRun) -> Generator:
     run.phase["capture_boot_start"] = jump
     run.trace(env.now, "capture", "boot_start", cmdline=run.image.cmdline)
     env.process(_iommu_init(run, jump + t.iommu_init))
-    env.process(_driver_init(run, jump + t.driver_init))
+    env.process(_driver_probes(run, jump))
     yield env.timeout(t.vmcore_init)
     run.phase["vmcore_init"] = env.now
     run.vmcore = _vmcore_init(run)
@@ -73,28 +75,47 @@ def capture_kernel(run: CrashRun) -> Generator:
 
 
 def _iommu_init(run: CrashRun, at: int) -> Generator:
+    """pci_iommu_init (rootfs_initcall) in the capture kernel (docs/SOURCES.md §11):
+    copy_tables keeps the old tables (each device faults once its new driver
+    maps a buffer); copy_failed turns translation off, then on with fresh
+    tables; intel_iommu=off turns it off for good (AMD's leaves the old tables on)."""
     iommu = run.machine.cfg.topology.iommu
     if iommu is None:
         return
-    yield run.env.timeout(at - run.env.now)
-    run.iommu_mode = iommu.capture_kernel
-    run.trace(run.env.now, "iommu", "iommu_init", mode=iommu.capture_kernel)
+    yield wait_until(run.env, at)
+    mode = iommu.capture_kernel
+    if mode == "copy_tables" or (mode == "off" and iommu.vendor == "amd"):
+        run.iommu_state = "copied"
+    else:
+        run.iommu_state = "off"
+    run.trace(run.env.now, IOMMU, "iommu_init", mode=mode, vendor=iommu.vendor, translation=run.iommu_state)
+    if mode == "copy_failed":
+        yield run.env.timeout(run.timing.iommu_fresh_tables)
+        run.iommu_state = "fresh"
+        run.trace(run.env.now, IOMMU, "iommu_translation_enabled", tables="fresh")
 
 
-def _driver_init(run: CrashRun, at: int) -> Generator:
-    """Drivers probe: a device whose driver the capture kernel has is reset,
-    which ends the old DMA — unless the driver needs `reset_devices` and the
-    command line lacks it (Indoh 2012; bnx2-style devices)."""
-    yield run.env.timeout(at - run.env.now)
+def _driver_probes(run: CrashRun, jump: int) -> Generator:
+    """Each device's driver probes at its time: a probe that resets the device
+    ends its old DMA (docs/SOURCES.md §11: e1000 and NVMe reset whatever
+    `reset_devices` says; some drivers need it; virtio_pci resets every virtio
+    function it binds; a driver missing from the kdump initramfs never probes)."""
     reset_devices = "reset_devices" in run.image.cmdline.split()
-    for eng in run.engines:
+    by_time = sorted(run.engines, key=lambda e: (e.spec.probe_at if e.spec.probe_at is not None else run.timing.driver_init,
+                                                e.index))
+    for eng in by_time:
         spec = eng.spec
-        if not spec.capture_driver:
+        yield wait_until(run.env, jump + (spec.probe_at if spec.probe_at is not None else run.timing.driver_init))
+        if spec.kind == "virtio_net" and (spec.virtio_pci or spec.capture_driver):
+            eng.stop("virtio_pci_reset")
+        elif not spec.capture_driver:
             run.trace(run.env.now, eng.name, "no_driver_in_capture_kernel")
         elif spec.needs_reset_devices and not reset_devices:
+            eng.new_domain = True         # it maps its own buffers: old IOVAs stop translating (copy_tables)
             run.trace(run.env.now, eng.name, "driver_init_without_reset")
         else:
-            eng.stop(run, "reset_devices" if reset_devices else "driver_init")
+            eng.new_domain = True
+            eng.stop("driver_reset")
 
 
 def _vmcore_init(run: CrashRun) -> VmcoreLayout | None:

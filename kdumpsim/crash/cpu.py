@@ -181,6 +181,11 @@ def machine_crash_shutdown(run: CrashRun) -> Generator:
             run.trace(env.now, actor, f"{what}_disabled" if what == "hpet" else "lapic_disabled")
     crash_save_cpu(run, me)
     me.state = "kexec"
+    if m.cma is not None:
+        # __crash_kexec: crash_cma_clear_pending_dma() waits for DMA into the CMA
+        # area to finish before the capture kernel may use it (docs/SOURCES.md §11).
+        run.trace(env.now, actor, "crash_cma_clear_pending_dma", wait_ns=t.cma_dma_wait)
+        yield env.timeout(t.cma_dma_wait)
     yield env.timeout(t.machine_kexec)
     run.trace(env.now, actor, "machine_kexec", entry=run.image.entry)
     run.phase["purgatory_start"] = env.now

@@ -1,215 +1,210 @@
 """DMA engines that keep writing into RAM after the crash (paper 2.2, 4.4).
 
-Nobody shuts devices down at a crash. Each engine is one SimPy process that
-writes into its buffers until its traffic ends, it runs out of work (an RX
-ring the dead driver no longer refills), or the capture kernel stops it (its
-driver probes the device, with `reset_devices` where needed). A write lands
-after the bus path's latency plus size / bottleneck bandwidth (topology).
-Behind an IOMMU the device writes IOVAs: translated by the old tables, by
-tables the capture kernel copied, onto raw addresses once it turned the IOMMU
-off, or blocked once it starts with empty tables (docs/SOURCES.md).
+Nobody shuts devices down at a crash. Each engine is a component that owns
+one SimPy process: it writes into its buffers until its traffic ends, it runs
+out of work (an RX ring the dead driver no longer refills), or the capture
+kernel stops it (its driver probes and resets the device), which interrupts
+the process at that instant.
+
+Where the bytes land (docs/SOURCES.md §11): a buffer is memory the first
+kernel's page allocator could have given the driver (`Placement.mode:
+allocator/range`). The only other ways are named: `stale` and `wild`
+placements, the CMA area (`cma`), and an IOMMU: behind one the device writes
+IOVAs, which the old tables translate to its buffers, until the capture
+kernel's IOMMU init turns translation off (IOVAs land as physical addresses)
+or gives the device fresh tables (the write faults).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generator
+
+import simpy
 
 from kdumpsim import defaults as D
-from kdumpsim.config.model import CyclicDma, DeviceBase, NicRxRing, StorageController
+from kdumpsim.config.model import DeviceBase
 from kdumpsim.errors import LayoutError
-from kdumpsim.machine.ranges import RandomPlacer
-from kdumpsim.units import NS_PER_S, transfer_ns
+from kdumpsim.machine.iova import IovaDomain
+from kdumpsim.machine.ranges import RandomPlacer, Taken, align_up
+from kdumpsim.units import transfer_ns
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
+
+PAGE = D.PAGE_SIZE
 
 
 @dataclass
 class Buffer:
     phys: int
-    iova: int
+    iova: int      # the address the device uses (= phys without translation)
     size: int
 
 
-@dataclass
+def wait_until(env: simpy.Environment, t: int) -> simpy.Timeout:
+    """An event at absolute simulated time `t` (now, if `t` is past)."""
+    return env.timeout(max(0, t - env.now))
+
+
 class DmaEngine:
-    index: int
-    spec: DeviceBase
-    rng: random.Random
-    buffers: list[Buffer] = field(default_factory=list)
-    ring: Buffer | None = None          # descriptor ring / completion queue
-    stopped_at: int | None = None
-    stop_reason: str | None = None
-    writes: int = 0
-    bytes_written: int = 0
-    blocked: int = 0
+    """One device's DMA. Subclasses place their buffers (`place`) and generate
+    their traffic (`traffic`); the base class owns the process, the stop and
+    the write path."""
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    kind = ""
+    finished = "done"            # stop reason when `traffic` runs out of work
 
-    def stop(self, run: CrashRun, reason: str) -> None:
-        if self.stopped_at is None:
-            self.stopped_at, self.stop_reason = run.env.now, reason
-            run.trace(run.env.now, self.name, "dma_stopped", reason=reason)
+    def __init__(self, run: CrashRun, index: int, spec: DeviceBase):
+        self.run, self.index, self.spec = run, index, spec
+        self.name = spec.name
+        self.rng = run.machine.rng("device", index)        # by position: a rename changes nothing
+        self.field = f"devices.{index}"
+        self.node = run.machine.topology.bus_node(spec.bus)
+        self.buffers: list[Buffer] = []
+        self.rings: list[Buffer] = []
+        self.stopped_at: int | None = None
+        self.stop_reason: str | None = None
+        self.writes = self.bytes_written = self.blocked = self.nowhere = 0
+        self.process: simpy.Process | None = None
+        self.new_domain = False      # the capture kernel's driver mapped a buffer: old IOVAs no longer map
+        self.iova = self._iova_domain()
+        self._stale = Taken()
+        self.place()
 
+    # ------------------------------------------------------------ placement
+    def place(self) -> None:
+        raise NotImplementedError
 
-# ---------------------------------------------------------------- placement
-class IovaSpace:
-    """IOVAs handed out top-down from `base`, one run of pages per buffer."""
+    def _iova_domain(self) -> IovaDomain | None:
+        """A translated device gets its own IOVA space; passthrough or no IOMMU: none."""
+        cfg = self.run.machine.cfg
+        iommu = cfg.topology.iommu
+        behind = any(b.name == self.spec.bus and b.iommu for b in cfg.topology.buses)
+        if iommu is None or not behind or iommu.first_kernel == "passthrough":
+            return None
+        windows = [(r.start, r.end + 1) for r in cfg.memory.iomem if r.type == "PCI Bus"]
+        limit = D.IOVA_SAC_LIMIT if self.spec.dma_bits == 64 else 1 << 32
+        return IovaDomain([D.IOVA_MSI_WINDOW, *windows], limit, self.spec.iova_in_use)
 
-    def __init__(self, base: int):
-        self.next = base
+    def alloc(self, size: int, align: int = PAGE) -> Buffer:
+        """`size` bytes where this device's buffers can be (see Placement), mapped for DMA."""
+        return self.map(self.alloc_phys(size, align), size)
 
-    def map(self, addr: int, size: int) -> int:
-        self.next -= -(-size // D.PAGE_SIZE) * D.PAGE_SIZE
-        return self.next + addr % D.PAGE_SIZE
+    def map(self, phys: int, size: int) -> Buffer:
+        """dma_map: the address the device will use for [phys, phys+size)."""
+        return Buffer(phys, self.iova.map(phys, size) if self.iova is not None else phys, size)
 
+    def alloc_phys(self, size: int, align: int) -> int:
+        m, p = self.run.machine, self.spec.placement
+        limit = 1 << self.spec.dma_bits
+        if p.mode in ("allocator", "range", "wild"):
+            lo, hi = (p.start, p.end) if p.mode == "range" else (0, limit)
+            addr = m.allocator.alloc(self.rng, size, align, lo, min(hi, limit), self.node)
+            where = "the first kernel's free memory" + (f" in {lo:#x}-{hi:#x}" if p.mode == "range" else "")
+        elif p.mode == "cma":
+            assert m.cma is not None
+            addr = RandomPlacer([m.cma], m.taken).place(self.rng, size, align)
+            where = "the CMA area"
+        else:   # stale: programmed before this kernel's allocator existed; anywhere in RAM
+            space = [(max(s, p.start), min(e, p.end, limit)) for s, e in m.ram_ranges]
+            addr = RandomPlacer(space, self._stale).place(self.rng, size, align)
+            where = f"System RAM in {p.start:#x}-{p.end:#x}"
+        if addr is None:
+            hint = (" (the reservation, the kernel and the low 1 MiB are not the allocator's; use mode: stale "
+                    "for a device programmed before the reservation existed)") if p.mode == "range" else ""
+            raise LayoutError(f"{self.field}.placement", f"no room for a {size}-byte DMA buffer in {where}{hint}")
+        return addr
 
-def make_engines(run: CrashRun) -> list[DmaEngine]:
-    cfg = run.machine.cfg
-    engines = []
-    iommu = IovaSpace(cfg.topology.iommu.iova_base) if cfg.topology.iommu else None
-    behind = {b.name for b in cfg.topology.buses if b.iommu}
-    for i, spec in enumerate(cfg.devices):
-        eng = DmaEngine(i, spec, run.machine.rng("device", i))   # by position: a rename changes nothing
-        free = _placement_space(run, i, spec)
-        iova = iommu if spec.bus in behind else None
-        ring_size = _ring_size(spec)
-        if ring_size:
-            eng.ring = _alloc(i, free, ring_size, eng.rng, iova)
-        eng.buffers = [_alloc(i, free, s, eng.rng, iova) for s in _buffer_sizes(spec)]
-        run.trace(run.env.now, spec.name, "dma_buffers_mapped", device_kind=spec.kind, buffers=len(eng.buffers),
-                  lowest=min(b.phys for b in eng.buffers), highest=max(b.phys + b.size for b in eng.buffers))
-        engines.append(eng)
-    return engines
+    def trace_mapped(self) -> None:
+        bufs = self.buffers + self.rings
+        self.run.trace(self.run.env.now, self.name, "dma_buffers_mapped", device_kind=self.kind,
+                       buffers=len(self.buffers), placement=self.spec.placement.mode,
+                       lowest=min(b.phys for b in bufs), highest=max(b.phys + b.size for b in bufs),
+                       iommu=self.iova is not None)
 
+    # ------------------------------------------------------------ the process
+    def start(self) -> None:
+        self.process = self.run.env.process(self._main())
+        if self.spec.duration is not None:
+            self.run.env.process(self._traffic_window())
 
-def _buffer_sizes(spec: DeviceBase) -> list[int]:
-    if isinstance(spec, NicRxRing):
-        return [spec.buffer_size] * spec.descriptors
-    if isinstance(spec, CyclicDma):
-        return [spec.buffer_size]
-    assert isinstance(spec, StorageController)
-    return [spec.command_size] * spec.commands
+    def _main(self) -> Generator:
+        try:
+            yield wait_until(self.run.env, max(self.spec.start, 0))
+            yield from self.traffic()
+            self.stop(self.finished)
+        except simpy.Interrupt:
+            pass     # reset by its driver, or its traffic ended: stop() has recorded why
 
+    def _traffic_window(self) -> Generator:
+        yield wait_until(self.run.env, max(self.spec.start, 0) + self.spec.duration)
+        self.stop("traffic_ended")
 
-def _ring_size(spec: DeviceBase) -> int:
-    if isinstance(spec, NicRxRing):
-        return spec.descriptors * D.RX_DESCRIPTOR_BYTES
-    if isinstance(spec, StorageController):
-        return spec.commands * 16     # NVMe completion queue entries are 16 bytes
-    return 0
+    def traffic(self) -> Generator:
+        raise NotImplementedError
 
-
-def _placement_space(run: CrashRun, index: int, spec: DeviceBase) -> RandomPlacer:
-    m, p = run.machine, spec.placement
-    if p.mode == "random":
-        return m.page_pool      # buffers come from the page allocator
-    if p.mode == "reservation":
-        return RandomPlacer([(m.reservation.start, m.reservation.end)], m.taken)
-    space = [(max(s, p.start), min(e, p.end)) for s, e in m.ram_ranges if s < p.end and e > p.start]
-    if not space:
-        raise LayoutError(f"devices.{index}.placement", f"no System RAM in {p.start:#x}-{p.end:#x}")
-    return RandomPlacer(space, m.taken)
-
-
-def _alloc(index: int, free: RandomPlacer, size: int, rng: random.Random, iova: IovaSpace | None) -> Buffer:
-    align = min(D.PAGE_SIZE, 1 << max(0, (size - 1).bit_length()))
-    addr = free.place(rng, size, align)
-    if addr is None:
-        raise LayoutError(f"devices.{index}.placement", f"no room for a {size}-byte DMA buffer")
-    return Buffer(addr, iova.map(addr, size) if iova else addr, size)
-
-
-# ---------------------------------------------------------------- writing
-def dma_write(run: CrashRun, eng: DmaEngine, buf: Buffer, offset: int, data: bytes) -> Generator:
-    """Move `data` over the device's path, then land it where translation says."""
-    env, m = run.env, run.machine
-    target_phys = buf.phys + offset
-    route = m.topology.route(eng.name, f"mem{m.node_of(target_phys)}")
-    yield env.timeout(route.latency + transfer_ns(len(data), route.bandwidth))
-    if eng.stopped_at is not None:
-        return
-    addr = target_phys
-    if route.iommu:
-        mode = run.iommu_mode
-        if mode == "fault":
-            eng.blocked += 1
-            run.trace(env.now, eng.name, "dma_fault", iova=buf.iova + offset, bytes=len(data))
+    def stop(self, reason: str) -> None:
+        """The device does no more DMA from now on."""
+        if self.stopped_at is not None:
             return
-        if mode == "disable":
-            addr = buf.iova + offset    # no translation: the IOVA is taken as a physical address
-    if not m.memory.is_ram(addr, len(data)):
-        run.trace(env.now, eng.name, "dma_to_nowhere", addr=addr, bytes=len(data))
-        return
-    m.memory.write(addr, data, env.now, eng.name)
-    eng.writes += 1
-    eng.bytes_written += len(data)
-    run.trace(env.now, eng.name, "dma_write", addr=addr, bytes=len(data), region=run.region_of(addr))
+        env = self.run.env
+        self.stopped_at, self.stop_reason = env.now, reason
+        self.run.trace(env.now, self.name, "dma_stopped", reason=reason)
+        if self.process is not None and self.process.is_alive and env.active_process is not self.process:
+            self.process.interrupt(reason)
 
-
-def _active(run: CrashRun, eng: DmaEngine) -> bool:
-    spec = eng.spec
-    if eng.stopped_at is not None:
-        return False
-    if spec.duration is not None and run.env.now >= max(spec.start, 0) + spec.duration:
-        eng.stop(run, "traffic_ended")
-        return False
-    return True
-
-
-def nic_rx_ring(run: CrashRun, eng: DmaEngine) -> Generator:
-    """e1000-style RX: each packet fills the next free buffer, then the
-    descriptor's status is written back; with the driver dead the ring is
-    never refilled, so it stops after `descriptors` packets."""
-    spec: NicRxRing = eng.spec  # type: ignore[assignment]
-    env = run.env
-    yield env.timeout(max(spec.start, 0) - env.now)
-    size = min(spec.packet_size, spec.buffer_size)
-    for head in range(spec.descriptors):
-        yield env.timeout(round(eng.rng.expovariate(spec.packet_rate) * NS_PER_S))
-        if not _active(run, eng):
+    # ------------------------------------------------------------ writing
+    def write(self, buf: Buffer, offset: int, data: bytes) -> Generator:
+        """Move `data` over the device's bus path, then land it where the
+        translation in force at that moment says."""
+        run, m = self.run, self.run.machine
+        route = m.topology.route(self.name, f"mem{m.node_of(buf.phys + offset)}")
+        yield run.env.timeout(route.latency + transfer_ns(len(data), route.bandwidth))
+        addr = self._target(buf, offset)
+        if addr is None:
+            self.blocked += 1
+            run.trace(run.env.now, self.name, "dma_fault", iova=buf.iova + offset, bytes=len(data))
             return
-        yield from dma_write(run, eng, eng.buffers[head], 0, eng.rng.randbytes(size))
-        # Descriptor write-back: length (u16 @8), status DD|EOP (u8 @12) (struct e1000_rx_desc).
-        desc = bytes(8) + size.to_bytes(2, "little") + bytes(2) + b"\x03" + bytes(3)
-        yield from dma_write(run, eng, eng.ring, head * D.RX_DESCRIPTOR_BYTES, desc)
-    eng.stop(run, "rx_ring_exhausted")
-
-
-def cyclic(run: CrashRun, eng: DmaEngine) -> Generator:
-    """A cyclic engine (audio, capture card): `chunk` bytes every `period`, wrapping, forever."""
-    spec: CyclicDma = eng.spec  # type: ignore[assignment]
-    env = run.env
-    yield env.timeout(max(spec.start, 0) - env.now)
-    buf, offset = eng.buffers[0], 0
-    chunk = min(spec.chunk, buf.size)
-    while _active(run, eng):
-        n = min(chunk, buf.size - offset)
-        yield from dma_write(run, eng, buf, offset, eng.rng.randbytes(n))
-        offset = (offset + n) % buf.size
-        yield env.timeout(spec.period)
-
-
-def storage(run: CrashRun, eng: DmaEngine) -> Generator:
-    """Commands in flight at the crash complete at random times within the
-    traffic window, each filling its buffer and posting a completion entry."""
-    spec: StorageController = eng.spec  # type: ignore[assignment]
-    env = run.env
-    start = max(spec.start, 0)
-    window = spec.duration if spec.duration is not None else 100_000_000   # 100 ms if unset (assumption)
-    times = sorted(start + eng.rng.randrange(0, max(1, window)) for _ in eng.buffers)
-    for cmd, when in enumerate(times):
-        yield env.timeout(max(0, when - env.now))
-        if eng.stopped_at is not None:
+        if not m.memory.is_ram(addr, len(data)):
+            self.nowhere += 1
+            run.trace(run.env.now, self.name, "dma_to_nowhere", addr=addr, bytes=len(data))
             return
-        yield from dma_write(run, eng, eng.buffers[cmd], 0, eng.rng.randbytes(eng.buffers[cmd].size))
-        yield from dma_write(run, eng, eng.ring, cmd * 16, cmd.to_bytes(2, "little") + bytes(13) + b"\x01")
-    eng.stop(run, "commands_completed")
+        m.memory.write(addr, data, run.env.now, self.name)
+        self.writes += 1
+        self.bytes_written += len(data)
+        hits = run.regions_of(addr, len(data))
+        run.trace(run.env.now, self.name, "dma_write", addr=addr, bytes=len(data), region=hits[0][0],
+                  **({"regions": [r for r, _ in hits]} if len(hits) > 1 else {}))
+
+    def _target(self, buf: Buffer, offset: int) -> int | None:
+        """Physical address of the write, or None when the IOMMU blocks it."""
+        if self.spec.placement.mode == "wild":
+            return self._wild_address(len_hint=PAGE)
+        if self.iova is None:
+            return buf.phys + offset
+        state = self.run.iommu_state
+        if state == "old_tables" or (state == "copied" and not self.new_domain):
+            return buf.phys + offset
+        if state == "off":
+            return buf.iova + offset             # no translation: the IOVA is taken as a physical address
+        return None                              # fresh tables: the old IOVA is not mapped, DMAR fault
+
+    def _wild_address(self, len_hint: int) -> int:
+        """A corrupted driver's target: any RAM page in the placement's window."""
+        p, m = self.spec.placement, self.run.machine
+        lo, hi = p.start or 0, p.end or (1 << 64)
+        space = [(max(s, lo), min(e, hi)) for s, e in m.ram_ranges if min(e, hi) - max(s, lo) >= len_hint]
+        total = sum(e - s for s, e in space)
+        k = self.rng.randrange(total // PAGE) * PAGE
+        for s, e in space:
+            if k < e - s:
+                return align_up(s, PAGE) + k if align_up(s, PAGE) + k + len_hint <= e else s
+            k -= e - s
+        return space[-1][0]
 
 
-ENGINES = {"nic_rx_ring": nic_rx_ring, "cyclic": cyclic, "storage": storage}
+def payload(rng: random.Random, n: int) -> bytes:
+    """What a device writes: bytes nobody could predict (packet data, disk blocks)."""
+    return rng.randbytes(n)

@@ -20,7 +20,8 @@ import simpy
 from kdumpsim.config.model import ModelConfig, TimingSpec
 from kdumpsim.crash.capture import capture_kernel
 from kdumpsim.crash.cpu import CpuState, crash_notes_memory_init, machine_crash_shutdown, make_cpus
-from kdumpsim.crash.dma import ENGINES, DmaEngine, make_engines
+from kdumpsim.crash.devices import make_engines
+from kdumpsim.crash.dma import DmaEngine
 from kdumpsim.crash.purgatory import purgatory, relocate_2004
 from kdumpsim.firstkernel import printk, vmcoreinfo
 from kdumpsim.formats.vmcorefile import VmcoreLayout
@@ -42,7 +43,7 @@ class CrashRun:
     waiting_for_crash_ipi: int = 0
     purgatory_result: str | None = None           # ok | mismatch | skipped | none (2004)
     hash_times: dict[str, tuple[int, int | None]] = field(default_factory=dict)
-    iommu_mode: str = "first_kernel"
+    iommu_state: str = "old_tables"                # old_tables -> copied | off | fresh (capture kernel IOMMU init)
     vmcore: VmcoreLayout | None = None
     vmcore_error: str | None = None
     copy: Any = None                               # capture.VmcoreCopy once the dump copy starts
@@ -63,14 +64,44 @@ class CrashRun:
         return self.machine.seed
 
     def region_of(self, addr: int) -> str:
-        """Which part of the capture path an address belongs to (for DMA hits)."""
-        i = bisect.bisect_right(self._region_starts, addr) - 1
-        if i >= 0 and addr < self._regions[i][1]:
-            return self._regions[i][2]
-        r = self.machine.reservation
+        """Which part of the capture path an address belongs to."""
+        return self.regions_of(addr, 1)[0][0]
+
+    def regions_of(self, addr: int, size: int) -> list[tuple[str, int]]:
+        """Every region [addr, addr+size) overlaps, with the bytes in each, in address order."""
+        out: list[tuple[str, int]] = []
+        pos, end = addr, addr + size
+        i = max(0, bisect.bisect_right(self._region_starts, addr) - 1)
+        while pos < end:
+            while i < len(self._regions) and self._regions[i][1] <= pos:
+                i += 1
+            if i < len(self._regions) and self._regions[i][0] <= pos:
+                stop, name = min(end, self._regions[i][1]), self._regions[i][2]
+            else:
+                nxt = self._regions[i][0] if i < len(self._regions) else end
+                stop, name = min(end, nxt), self._plain_region(pos)
+                stop = min(stop, self._plain_boundary(pos, stop))
+            if out and out[-1][0] == name:
+                out[-1] = (name, out[-1][1] + stop - pos)
+            else:
+                out.append((name, stop - pos))
+            pos = stop
+        return out
+
+    def _plain_region(self, addr: int) -> str:
+        r, cma = self.machine.reservation, self.machine.cma
         if r.start <= addr < r.end:
             return RESERVATION_FREE
+        if cma is not None and cma[0] <= addr < cma[1]:
+            return CMA
         return FIRST_KERNEL_RAM
+
+    def _plain_boundary(self, pos: int, stop: int) -> int:
+        """The first reservation or CMA edge in (pos, stop)."""
+        edges = [self.machine.reservation.start, self.machine.reservation.end]
+        if self.machine.cma is not None:
+            edges += list(self.machine.cma)
+        return min([e for e in edges if pos < e < stop], default=stop)
 
     def _index_regions(self) -> None:
         regions = [(s.start, s.end, s.name) for s in self.image.segments]
@@ -97,7 +128,7 @@ def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment]
     run.cpus = make_cpus(run)
     run.engines = make_engines(run)
     for eng in run.engines:
-        env.process(ENGINES[eng.spec.kind](run, eng))
+        eng.start()
     env.run(until=env.process(crash_path(run)))
     return run
 

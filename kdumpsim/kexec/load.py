@@ -292,6 +292,11 @@ def crash_memory_ranges(machine: Machine, backup_src: tuple[int, int] | None) ->
     with the backed-up low range split off so it gets its own PT_LOAD."""
     free = FreeRanges(list(machine.ram_ranges))
     free.remove(machine.reservation.start, machine.reservation.end)
+    if machine.cma is not None:
+        # The CMA area becomes capture-kernel RAM and leaves the dump, as the
+        # kernel's elf_header_exclude_ranges does on the kexec_file_load path
+        # (the only path that passes it: docs/SOURCES.md §11).
+        free.remove(*machine.cma)
     out: list[tuple[int, int]] = []
     for s, e in free.ranges:
         if backup_src and s == backup_src[0] and e > s + backup_src[1]:

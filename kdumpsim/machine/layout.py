@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from kdumpsim import defaults as D
 from kdumpsim.config.model import ModelConfig
 from kdumpsim.errors import LayoutError
+from kdumpsim.machine.allocator import PageAllocator
 from kdumpsim.machine.crashkernel import Reservation, reserve_crashkernel
 from kdumpsim.machine.ram import PhysicalMemory
 from kdumpsim.machine.ranges import FreeRanges, RandomPlacer, Taken, overlaps
@@ -61,6 +62,7 @@ class Machine:
         self.first_kernel_free.remove(*self.kernel_image)
         self.first_kernel_free.remove(self.reservation.start, self.reservation.end)
         self._place_crash_notes()
+        self.cma = self._reserve_cma()
         # The structures crash tools read: page tables, mem_map, log buffer (kdumpsim.firstkernel).
         self.kernel_structs = None
         if self.arch == "x86_64" and self.era == "modern" and cfg.design != "2004":
@@ -69,6 +71,7 @@ class Machine:
         # Later, scattered allocations (2004 kexec pages, DMA buffers) share one record of what is taken.
         self.taken = Taken()
         self.page_pool = RandomPlacer(self.first_kernel_free.ranges, self.taken)
+        self.allocator = PageAllocator(self)
         self.memory = PhysicalMemory(self.ram_ranges, derive_seed(self.seed, "ram"),
                                      zero=[(self.reservation.start, self.reservation.end)])
         if self.kernel_structs is not None:
@@ -101,6 +104,27 @@ class Machine:
                 starts.append(s + share * len(starts) - seen)
             seen += e - s
         return starts if nodes > 1 else []
+
+    def clip_to_node(self, start: int, end: int, node: int) -> tuple[int, int]:
+        """[start, end) cut to the addresses of memory node `node`."""
+        if not self._node_starts:
+            return (start, end) if node == 0 else (start, start)
+        lo = self._node_starts[node] if node < len(self._node_starts) else end
+        hi = self._node_starts[node + 1] if node + 1 < len(self._node_starts) else 1 << 64
+        return max(start, lo), min(end, hi)
+
+    def _reserve_cma(self) -> tuple[int, int] | None:
+        """crashkernel=SIZE,cma (kernel/crash_reserve.c reserve_crashkernel_cma →
+        cma_declare_contiguous): placed top-down in free RAM, CMA_ALIGN aligned
+        (placement: assumption). The first kernel's buddy allocator uses it for
+        movable pages only, so it leaves the general pool."""
+        size = self.cfg.kexec.crashkernel_cma
+        if not size:
+            return None
+        start = self.first_kernel_free.alloc(size, D.CMA_ALIGN, top_down=True)
+        if start is None:
+            raise LayoutError("kexec.crashkernel_cma", f"no {fmt_size(size)} of free System RAM for the CMA area")
+        return (start, start + size)
 
     def direct_map(self, paddr: int) -> int | None:
         """Kernel virtual address of a physical one in the direct map (None for

@@ -71,8 +71,13 @@ class Topology:
 
     def __init__(self, m: ModelConfig):
         self.graph = build_topology(m)
+        self._bus_node = {b.name: b.numa_node for b in m.topology.buses}
         self._routes: dict[tuple[str, str], Route] = {}
         self._ipi_from: dict[str, dict[str, int]] = {}
+
+    def bus_node(self, bus: str) -> int:
+        """The memory node a bus hangs off (a driver allocates there first)."""
+        return self._bus_node[bus]
 
     def ipi_latency(self, src_cpu: int, dst_cpu: int) -> int:
         """Delivery time of an IPI from one CPU's local APIC to another's."""

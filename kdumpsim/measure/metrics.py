@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kdumpsim import defaults as D
 from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes
 from kdumpsim.machine.ram import PAGE_SHIFT, Delta
-from kdumpsim.names import cpu_of
+from kdumpsim.names import CMA, cpu_of
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -100,13 +100,24 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
     return ram, backup, units
 
 
-def dma_hits(run: CrashRun) -> dict[str, dict[str, int]]:
-    """Bytes each device wrote after the panic, per region of the capture path."""
+def dma_hits(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
+    """Bytes each device wrote after time `after` (the panic), per region of
+    the capture path: a write is credited to every region it overlaps."""
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for w in run.machine.memory.log:
-        if w.time > 0 and w.actor in run.device_names:
-            hits[run.region_of(w.addr)][w.actor] += w.length
+        if w.time > after and w.actor in run.device_names:
+            for region, nbytes in run.regions_of(w.addr, w.length):
+                hits[region][w.actor] += nbytes
     return {r: dict(sorted(d.items())) for r, d in sorted(hits.items())}
+
+
+def missing_cpus(run: CrashRun, saved: list[int]) -> dict[int, str]:
+    """Each CPU whose registers the dump lacks, and why: it never answered the
+    NMI (no note written), or it did and DMA overwrote its note."""
+    if run.vmcore is None:
+        return {}
+    return {c.id: "never_answered" if c.saved_at is None else "note_overwritten"
+            for c in run.cpus if c.id not in saved}
 
 
 def notes_in_dump(run: CrashRun) -> list[int]:
@@ -125,29 +136,35 @@ def finish(run: CrashRun) -> None:
     for name in ("kernel", "initrd", "params", "purgatory", "elfcorehdr"):
         at = {"purgatory": run.phase.get("purgatory_start", end),
               "elfcorehdr": run.phase.get("vmcore_init", end)}.get(name, boot_end)
-        regions["capture_kernel" if name == "kernel" else name] = segment_corruption(run, name, at).as_dict()
+        regions[name] = segment_corruption(run, name, at).as_dict()
     saved = notes_in_dump(run)
     dumped_units = 0
     if run.copy is not None:
         ram, backup, dumped_units = dump_corruption(run)
-        regions["backup_region"], regions["dumped_ram"] = backup.as_dict(), ram.as_dict()
-    bad_pages = regions.get("dumped_ram", {}).get("pages", 0) + regions.get("backup_region", {}).get("pages", 0)
-    missing = [c.id for c in run.cpus if c.id not in saved] if run.vmcore is not None else []
-    run.outcome = _outcome(run, missing, bad_pages)
+        regions["dumped_backup"], regions["dumped_ram"] = backup.as_dict(), ram.as_dict()
+    bad_pages = regions.get("dumped_ram", {}).get("pages", 0) + regions.get("dumped_backup", {}).get("pages", 0)
+    missing = missing_cpus(run, saved)
+    run.outcome = _outcome(run, list(missing), bad_pages)
+    jump = run.phase.get("purgatory_end")
     run.metrics = {
         "outcome": run.outcome,
         "detected": run.outcome == "purgatory_mismatch",
         "purgatory": run.purgatory_result,
         "vmcore_error": run.vmcore_error,
         "cpus_saved": len(saved),
-        "cpus_missing": missing,
+        "cpus_missing": sorted(missing),
+        "cpus_missing_why": {str(c): why for c, why in sorted(missing.items())},
         "corrupted_bytes": sum(r["bytes"] for r in regions.values()),
         "regions": regions,
         "dump_pages": dumped_units,
         "dump_pages_corrupted": bad_pages,
         "dump_fidelity": (1 - bad_pages / dumped_units) if dumped_units else None,
         "dma_hits": dma_hits(run),
-        "dma": {e.name: {"writes": e.writes, "bytes": e.bytes_written, "blocked": e.blocked,
+        # The CMA area is the capture kernel's RAM from the jump on: what landed there since.
+        "cma_bytes_after_jump": (sum(dma_hits(run, jump).get(CMA, {}).values())
+                                 if jump is not None and run.machine.cma else 0),
+        "dma": {e.name: {"kind": e.kind, "placement": e.spec.placement.mode, "writes": e.writes,
+                         "bytes": e.bytes_written, "faults": e.blocked, "to_nowhere": e.nowhere,
                          "stopped_ns": e.stopped_at, "stop_reason": e.stop_reason} for e in run.engines},
         "phase_ns": dict(run.phase),
         "end_ns": end,

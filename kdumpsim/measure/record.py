@@ -10,10 +10,25 @@ from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
 
+
+def mechanisms(run: CrashRun) -> list[str]:
+    """The named ways DMA could reach memory no first-kernel driver owns, as
+    this run's model sets them up ("none": only the page allocator's pages)."""
+    cfg = run.machine.cfg
+    out = []
+    if cfg.design == "2004":
+        out.append("design_2004")
+    iommu = cfg.topology.iommu
+    if iommu is not None and any(e.iova is not None for e in run.engines):
+        out.append(f"iommu_{iommu.capture_kernel}" + ("_amd" if iommu.vendor == "amd" else ""))
+    out += sorted({e.spec.placement.mode for e in run.engines} & {"stale", "wild", "cma"})
+    return out or ["none"]
+
 # Fixed columns (the analysis ones are filled when an experiment says `analyse: true`).
-RECORD_COLUMNS = ("outcome", "detected", "cpus_saved", "cpus_missing", "corrupted_bytes", "dump_pages",
-                  "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "reservation_start",
-                  "reservation_end") + ANALYSIS_COLUMNS
+RECORD_COLUMNS = ("outcome", "detected", "mechanism", "dma_stop", "cpus_saved", "cpus_missing",
+                  "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
+                  "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump",
+                  "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
 # Per-region bytes, per-region DMA hits, per-phase times (seconds).
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
 
@@ -25,7 +40,12 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "outcome": run.outcome,
         "detected": m["detected"],
         "cpus_saved": m["cpus_saved"],
+        "mechanism": ",".join(mechanisms(run)),
+        "dma_stop": ",".join(f"{name}:{d['stop_reason'] or 'never'}" for name, d in m["dma"].items()),
         "cpus_missing": len(m["cpus_missing"]),
+        "cpus_never_answered": sum(w == "never_answered" for w in m["cpus_missing_why"].values()),
+        "cpus_note_overwritten": sum(w == "note_overwritten" for w in m["cpus_missing_why"].values()),
+        "cma_bytes_after_jump": m["cma_bytes_after_jump"],
         "corrupted_bytes": m["corrupted_bytes"],
         "dump_pages": m["dump_pages"],
         "dump_pages_corrupted": m["dump_pages_corrupted"],

@@ -32,7 +32,7 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "ram": [{"start": s, "end": e} for s, e in m.ram_ranges],
         "reservation": {"start": m.reservation.start, "end": m.reservation.end,
                         "crashkernel": m.reservation.spec, "automatic": m.reservation.automatic},
-        "backup_region": ({"src": image.backup_src[0], "size": image.backup_src[1], "dest": image.backup_dest}
+        "backup": ({"src": image.backup_src[0], "size": image.backup_src[1], "dest": image.backup_dest}
                           if image.backup_src and image.backup_dest is not None else None),
         "segments": [{"name": s.name, "start": s.start, "end": s.end, "memsz": s.memsz,
                       "bufsz": len(s.data), "hashed": s.hashed} for s in image.segments],

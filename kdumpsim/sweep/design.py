@@ -706,7 +706,7 @@ def lay_out(cfg: ModelConfig) -> None:
     """Build the machine, load kexec and map the DMA buffers of `cfg` (seed 0)."""
     import simpy
 
-    from kdumpsim.crash.dma import make_engines
+    from kdumpsim.crash.devices import make_engines
     from kdumpsim.crash.run import CrashRun
     from kdumpsim.kexec.load import KEXEC_LOAD_TIME, kexec_load
     from kdumpsim.machine.layout import Machine
