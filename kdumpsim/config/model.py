@@ -163,6 +163,8 @@ class BusSpec(Strict):
 
 
 def _iommu_mode(v: Any) -> Any:
+    if v is False:
+        return "off"           # YAML reads a bare `off` as false
     renamed = {"disable": "off", "fault": "copy_failed"}
     if v in renamed:
         raise ValueError(f"{v!r} is now {renamed[v]!r} (docs/SOURCES.md §11 names what the kernel does)")

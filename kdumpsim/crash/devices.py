@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import TYPE_CHECKING, Generator
+from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, NicRxRing, StorageController, VirtioNet
@@ -157,15 +158,16 @@ class NvmeController(DmaEngine):
 
     def place(self) -> None:
         s = self.spec
-        self.rings = [self.alloc(D.NVME_CQE_BYTES * 1024) for _ in range(s.queues)]   # io_queue_depth 1024
+        # At probe, on a young machine: the completion queues (io_queue_depth 1024) and the HMB.
+        self.rings = [self.alloc(D.NVME_CQE_BYTES * 1024) for _ in range(s.queues)]
         self.cq_head = [self.rng.randrange(1024) for _ in range(s.queues)]
-        # A command's data: page-cache or user pages, scattered (a PRP list), 4 KiB each.
+        chunks = [min(D.NVME_HMB_CHUNK, s.hmb - off) for off in range(0, s.hmb, D.NVME_HMB_CHUNK)]
+        self.hmb = [self.alloc(c, _buddy_align(c)) for c in chunks]
+        # At the crash: each command's data in page-cache or user pages, scattered (a PRP list).
         pages = -(-s.command_size // PAGE)
         self.commands = [[self.alloc(min(PAGE, s.command_size - i * PAGE)) for i in range(pages)]
                          for _ in range(s.commands)]
         self.buffers = [b for cmd in self.commands for b in cmd]
-        chunks = [min(D.NVME_HMB_CHUNK, s.hmb - off) for off in range(0, s.hmb, D.NVME_HMB_CHUNK)]
-        self.hmb = [self.alloc(c, _buddy_align(c)) for c in chunks]
         self.rings += self.hmb
         self.trace_mapped()
 

@@ -18,8 +18,9 @@ or gives the device fresh tables (the write faults).
 from __future__ import annotations
 
 import random
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING
 
 import simpy
 

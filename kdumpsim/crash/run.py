@@ -27,7 +27,7 @@ from kdumpsim.firstkernel import printk, vmcoreinfo
 from kdumpsim.formats.vmcorefile import VmcoreLayout
 from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
 from kdumpsim.machine.layout import Machine
-from kdumpsim.names import FIRST_KERNEL_RAM, KEXEC, RESERVATION_FREE
+from kdumpsim.names import CMA, FIRST_KERNEL_RAM, KEXEC, RESERVATION_FREE
 from kdumpsim.trace.events import Trace
 
 

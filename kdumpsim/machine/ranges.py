@@ -118,4 +118,21 @@ class RandomPlacer:
             if self.taken.free(addr, addr + size):
                 self.taken.add(addr, addr + size)
                 return addr
+        fit = self._first_fit(size, align) if total else None    # crowded: look through the gaps
+        if fit is not None:
+            self.taken.add(fit, fit + size)
+        return fit
+
+    def _first_fit(self, size: int, align: int) -> int | None:
+        """The lowest aligned gap between taken runs where `size` fits."""
+        starts, ends = self.taken.starts, self.taken.ends
+        for s, e in self.ranges:
+            pos = align_up(s, align)
+            i = max(0, bisect.bisect_right(starts, pos) - 1)
+            while pos + size <= e:
+                while i < len(starts) and ends[i] <= pos:
+                    i += 1
+                if i == len(starts) or starts[i] >= pos + size:
+                    return pos
+                pos = align_up(ends[i], align)
         return None
