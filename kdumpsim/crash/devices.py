@@ -20,9 +20,11 @@ import struct
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
+import simpy
+
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, NicRxRing, StorageController, VirtioNet
-from kdumpsim.crash.dma import PAGE, DmaEngine, payload, wait_until
+from kdumpsim.crash.dma import PAGE, DmaEngine, payload
 from kdumpsim.machine.ranges import align_up
 from kdumpsim.units import NS_PER_S, parse_duration
 
@@ -171,11 +173,6 @@ class NvmeController(DmaEngine):
         self.rings += self.hmb
         self.trace_mapped()
 
-    def start(self) -> None:
-        super().start()
-        if self.hmb:
-            self.run.env.process(self._hmb())
-
     def _completions(self) -> list[int]:
         """When each in-flight command completes: start + lognormal latency."""
         s = self.spec
@@ -183,25 +180,32 @@ class NvmeController(DmaEngine):
         return sorted(max(s.start, 0) + round(self.rng.lognormvariate(mu, sigma)) for _ in self.commands)
 
     def traffic(self) -> Generator:
-        env = self.run.env
-        for cmd, when in enumerate(self._completions()):
-            yield env.timeout(max(0, when - env.now))
-            for page in self.commands[cmd]:
-                yield from self.write(page, 0, payload(self.rng, page.size))
-            q = cmd % self.spec.queues
-            slot, self.cq_head[q] = self.cq_head[q], (self.cq_head[q] + 1) % 1024
-            cqe = struct.pack("<IIHHHH", 0, 0, 0, q + 1, cmd & 0xFFFF, 1)    # DW2: sq head/id, DW3: cid, status P=1
-            yield from self.write(self.rings[q], slot * D.NVME_CQE_BYTES, cqe)
-
-    def _hmb(self) -> Generator:
-        """The controller's own use of its Host Memory Buffer, until it is reset."""
+        """The commands complete; the controller keeps using its HMB until it is reset."""
+        commands = self.run.env.process(self._commands())
+        if not self.hmb:
+            yield commands
+            return
+        self.children.append(commands)
         env, period = self.run.env, parse_duration(D.NVME_HMB_PERIOD)
-        yield wait_until(env, max(self.spec.start, 0))
-        while self.stopped_at is None:
+        while True:
             chunk = self.rng.choice(self.hmb)
             off = self.rng.randrange(0, chunk.size - D.NVME_HMB_WRITE + 1, D.NVME_HMB_WRITE)
             yield from self.write(chunk, off, payload(self.rng, D.NVME_HMB_WRITE))
             yield env.timeout(period)
+
+    def _commands(self) -> Generator:
+        env = self.run.env
+        try:
+            for cmd, when in enumerate(self._completions()):
+                yield env.timeout(max(0, when - env.now))
+                for page in self.commands[cmd]:
+                    yield from self.write(page, 0, payload(self.rng, page.size))
+                q = cmd % self.spec.queues
+                slot, self.cq_head[q] = self.cq_head[q], (self.cq_head[q] + 1) % 1024
+                cqe = struct.pack("<IIHHHH", 0, 0, 0, q + 1, cmd & 0xFFFF, 1)    # DW2: sq head/id, DW3: cid, status P=1
+                yield from self.write(self.rings[q], slot * D.NVME_CQE_BYTES, cqe)
+        except simpy.Interrupt:
+            pass
 
 
 class CyclicEngine(DmaEngine):

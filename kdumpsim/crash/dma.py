@@ -69,6 +69,7 @@ class DmaEngine:
         self.stop_reason: str | None = None
         self.writes = self.bytes_written = self.blocked = self.nowhere = 0
         self.process: simpy.Process | None = None
+        self.children: list[simpy.Process] = []      # sub-processes of the device, stopped with it
         self.new_domain = False      # the capture kernel's driver mapped a buffer: old IOVAs no longer map
         self.iova = self._iova_domain()
         self._stale = Taken()
@@ -153,8 +154,9 @@ class DmaEngine:
         env = self.run.env
         self.stopped_at, self.stop_reason = env.now, reason
         self.run.trace(env.now, self.name, "dma_stopped", reason=reason)
-        if self.process is not None and self.process.is_alive and env.active_process is not self.process:
-            self.process.interrupt(reason)
+        for proc in [self.process, *self.children]:
+            if proc is not None and proc.is_alive and env.active_process is not proc:
+                proc.interrupt(reason)
 
     # ------------------------------------------------------------ writing
     def write(self, buf: Buffer, offset: int, data: bytes) -> Generator:

@@ -25,9 +25,9 @@ def mechanisms(run: CrashRun) -> list[str]:
     return out or ["none"]
 
 # Fixed columns (the analysis ones are filled when an experiment says `analyse: true`).
-RECORD_COLUMNS = ("outcome", "detected", "mechanism", "dma_stop", "cpus_saved", "cpus_missing",
+RECORD_COLUMNS = ("outcome", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
                   "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
-                  "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump",
+                  "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump", "cma_hit_after_jump",
                   "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
 # Per-region bytes, per-region DMA hits, per-phase times (seconds).
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
@@ -40,12 +40,13 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "outcome": run.outcome,
         "detected": m["detected"],
         "cpus_saved": m["cpus_saved"],
-        "mechanism": ",".join(mechanisms(run)),
+        "mechanisms": ",".join(mechanisms(run)),
         "dma_stop": ",".join(f"{name}:{d['stop_reason'] or 'never'}" for name, d in m["dma"].items()),
         "cpus_missing": len(m["cpus_missing"]),
         "cpus_never_answered": sum(w == "never_answered" for w in m["cpus_missing_why"].values()),
         "cpus_note_overwritten": sum(w == "note_overwritten" for w in m["cpus_missing_why"].values()),
         "cma_bytes_after_jump": m["cma_bytes_after_jump"],
+        "cma_hit_after_jump": m["cma_bytes_after_jump"] > 0,
         "corrupted_bytes": m["corrupted_bytes"],
         "dump_pages": m["dump_pages"],
         "dump_pages_corrupted": m["dump_pages_corrupted"],

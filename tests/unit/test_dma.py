@@ -55,7 +55,7 @@ def test_no_allocator_buffer_write_touches_kernel_owned_memory(small_modern, kin
         owned = _kernel_owned(run)
         bad = [(hex(w.addr), name) for w in writes for s, e, name in owned if w.addr < e and s < w.addr + w.length]
         assert bad == [], f"seed {seed}: {bad[:5]}"
-        assert simulate_record(run)["mechanism"] == "none"
+        assert simulate_record(run)["mechanisms"] == "none"
 
 
 def test_a_window_with_only_kernel_memory_is_refused_with_a_named_way(small_modern):
@@ -84,7 +84,7 @@ def test_stale_dma_reaches_the_reservation_and_says_so(small_modern):
     assert _reservation_bytes(run, "d0") > 0
     assert run.metrics["dma_hits"].keys() - {"first_kernel_ram"} <= {"reservation_free", "kernel", "initrd",
                                                                     "params", "purgatory", "elfcorehdr", "backup"}
-    assert simulate_record(run)["mechanism"] == "stale"
+    assert simulate_record(run)["mechanisms"] == "stale"
 
 
 def simulate_record(run) -> dict:
@@ -96,7 +96,7 @@ def test_wild_dma_lands_anywhere_in_its_window(small_modern):
     dev = _dev("cyclic", placement={"mode": "wild"}, duration="2s")
     run = simulate(small_modern(_devices(dev)), 3)
     regions = set(run.metrics["dma_hits"])
-    assert len(regions) >= 2 and simulate_record(run)["mechanism"] == "wild"
+    assert len(regions) >= 2 and simulate_record(run)["mechanisms"] == "wild"
 
 
 IOMMU = ['topology.iommu={capture_kernel: off}', "topology.buses.pcie0.iommu=true"]
@@ -113,7 +113,7 @@ def test_iommu_off_in_the_capture_kernel_lands_old_iovas_as_physical_addresses(s
     assert _reservation_bytes(on, "d0") > 0
     first = min(w.time for w in _writes(on, "d0") if on.machine.reservation.start <= w.addr < on.machine.reservation.end)
     assert first >= on.phase["capture_boot_start"] + on.timing.iommu_init      # only once translation is off
-    assert simulate_record(on)["mechanism"] == "iommu_off"
+    assert simulate_record(on)["mechanisms"] == "iommu_off"
     # The same device with the tables copied keeps landing in its own buffers.
     copied = simulate(small_modern(_devices(_iommu_nic()), "topology.iommu={capture_kernel: copy_tables}",
                                    "topology.buses.pcie0.iommu=true"), 2)
@@ -137,7 +137,7 @@ def test_iommu_copy_failed_faults_after_fresh_tables(small_modern):
 def test_passthrough_means_iova_is_physical(small_modern):
     run = simulate(small_modern(_devices(_iommu_nic()), "topology.iommu={capture_kernel: off, first_kernel: passthrough}",
                                 "topology.buses.pcie0.iommu=true"), 2)
-    assert _reservation_bytes(run, "d0") == 0 and simulate_record(run)["mechanism"] == "none"
+    assert _reservation_bytes(run, "d0") == 0 and simulate_record(run)["mechanisms"] == "none"
 
 
 def test_cma_area_is_capture_memory_and_the_wait_delays_the_jump(small_modern):
@@ -152,7 +152,7 @@ def test_cma_area_is_capture_memory_and_the_wait_delays_the_jump(small_modern):
         assert all(c.paddr + c.size <= cma[0] or c.paddr >= cma[1] for c in run.vmcore.chunks)
     assert runs["10s"].phase["purgatory_start"] - runs["0s"].phase["purgatory_start"] == 10 * 10**9
     assert runs["0s"].metrics["cma_bytes_after_jump"] > runs["10s"].metrics["cma_bytes_after_jump"]
-    assert simulate_record(runs["0s"])["mechanism"] == "cma"
+    assert simulate_record(runs["0s"])["mechanisms"] == "cma"
 
 
 def test_cma_placement_needs_the_cma_area(small_modern):
