@@ -43,6 +43,7 @@ from kdumpsim.sweep.executors import (
     run_chunk,
 )
 from kdumpsim.sweep.plots import draw_plots
+from kdumpsim.sweep.report_html import code_version, write_report
 from kdumpsim.sweep.results import (
     PartStore,
     format_table,
@@ -165,7 +166,8 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
                               "its saved runs would not match; run without --resume to start afresh")
         return previous.get("started", now) if previous else now
     removed = store.clear() if store.parts.exists() else 0
-    for stale in [out / "results.parquet", out / "summary.csv", *(out / "vmcores").glob("point-*.vmcore")]:
+    for stale in [out / "results.parquet", out / "summary.csv", out / "report.html",
+                  *(out / "vmcores").glob("point-*.vmcore")]:
         stale.unlink(missing_ok=True)
     if removed:
         print(f"starting afresh: removed {removed} part files of an earlier run in {store.parts} "
@@ -280,18 +282,20 @@ def _finish(exp: Experiment, out: Path, store: PartStore, manifest: dict, ran: i
     if len(measured) < len(df):
         print(f"{len(df) - len(measured)} runs raised an exception: their rows have outcome '{ERROR}' and the "
               "exception in the error column; they are left out of the summary and the plots", file=sys.stderr)
-    print_summary(exp, measured, out)
+    rows = print_summary(exp, measured, out)
     plots = draw_plots(exp, measured, out)
     manifest.update(status="complete", finished=_now(), runs=table.num_rows, runs_this_session=ran,
                     seconds_this_session=round(seconds, 1), columns=table.column_names,
-                    plots=[p.name for p in plots])
+                    plots=[p.name for p in plots], code_version=code_version(), report="report.html")
     _write_manifest(out, manifest)
+    counts = {str(k): int(v) for k, v in df["outcome"].value_counts().items()}
+    report = write_report(exp, out, manifest, rows, plots, counts)
     print(f"\n{table.num_rows} runs -> {out / 'results.parquet'}; plots: "
-          f"{', '.join(p.name for p in plots) or 'none'}", file=sys.stderr)
+          f"{', '.join(p.name for p in plots) or 'none'}; report: {report}", file=sys.stderr)
     return SweepResult(exp, out, df, manifest)
 
 
-def print_summary(exp: Experiment, df: Any, out: Path) -> None:
+def print_summary(exp: Experiment, df: Any, out: Path) -> list[dict[str, Any]]:
     seen = [o for o in OUTCOMES if (df["outcome"] == o).any()]
     rows = summarize(df, exp.points, seen, CAPTURE_OK)
     write_csv(summary_csv_rows(rows), out / "summary.csv")
@@ -303,6 +307,7 @@ def print_summary(exp: Experiment, df: Any, out: Path) -> None:
         shares = marginal(df, axis.name, labels, list(dict.fromkeys(axis.display)), CAPTURE_OK)
         text = ", ".join(f"{v} {s.text()}" for v, s in shares)
         print(f"capture_failure by {axis.name}: {text}")
+    return rows
 
 
 def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: Any) -> dict:
