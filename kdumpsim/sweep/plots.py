@@ -298,12 +298,12 @@ def heatmap(exp: Experiment, df: pd.DataFrame, spec: PlotSpec) -> Any:
         im = ax.imshow(grid, cmap=RATE_CMAP if rate else MEAN_CMAP, aspect="auto", vmin=0,
                        vmax=1 if rate else vmax)
         for (i, j), v in np.ndenumerate(grid):
-            s = stats.get((i, j))
-            if s is None or math.isnan(v):
+            cell = stats.get((i, j))
+            if cell is None or math.isnan(v):
                 ax.text(j, i, "no runs", ha="center", va="center", fontsize=size - 1, color="#555555")
                 continue
             light = (v / (1 if rate else vmax)) < 0.55          # cividis/viridis are dark at the bottom
-            ax.text(j, i, _cell_text(s, cell_w), ha="center", va="center", fontsize=size, linespacing=1.05,
+            ax.text(j, i, _cell_text(cell, cell_w), ha="center", va="center", fontsize=size, linespacing=1.05,
                     color="white" if light else "black")
         ax.set_xticks(range(len(xs)), xs, rotation=30 if max(map(len, xs)) > 5 else 0,
                       ha="right" if max(map(len, xs)) > 5 else "center", fontsize=7.5)
