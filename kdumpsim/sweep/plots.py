@@ -322,10 +322,10 @@ def heatmap(exp: Experiment, df: pd.DataFrame, spec: PlotSpec) -> Any:
     cb.ax.tick_params(labelsize=7)
     if rate:
         cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}"))
-    cell = "share, runs, 95% Wilson interval" if rate else "mean, 95% interval, runs"
+    says = "share, runs, 95% Wilson interval" if rate else "mean, 95% interval, runs"
     by = f", one panel per {spec.facet.replace('_', ' ')}" if spec.facet else ""
     _suptitle(fig, spec, f"{what} by {spec.y.replace('_', ' ')} and {spec.x.replace('_', ' ')}{by}",
-              f"each cell: {cell}; {_runs_text(ns)}")
+              f"each cell: {says}; {_runs_text(ns)}")
     return fig
 
 
