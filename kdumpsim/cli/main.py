@@ -140,6 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trace:
         from kdumpsim.atomic import atomic_write
         with atomic_write(args.trace, "w") as fh:
+            # First line: what run this is (kdumpsim timeline titles its chart with it).
+            first = run.trace.events[0].time if run.trace.events else 0
+            fh.write(json.dumps({"time_ns": first, "actor": "kdumpsim", "kind": "run_info", "model": cfg.name,
+                                 "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
+                                sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
     if args.vmcore or args.oldmem:
         from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
