@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from kdumpsim.measure import simulate
 from kdumpsim.trace.events import Event, read_jsonl
 from kdumpsim.trace.timeline import (
     build_timeline,
+    gantt_figure,
+    gantt_rows,
     perfetto_json,
     plot_gantt,
     read_trace,
@@ -224,7 +227,47 @@ def test_gantt_with_many_cpus_stays_compact(tmp_path) -> None:
     cfg = load_model(MODELS / "paper-i386-2005.yaml", ["cpus.count=128", "devices=[]"])
     run = simulate(cfg, 0)
     img = matplotlib.image.imread(plot_gantt(run.trace.events, tmp_path / "many.png"))
-    assert img.shape[0] < 2200        # 128 CPU rows in well under 20 inches at 110 dpi
+    assert img.shape[0] < 1200        # the 127 CPUs that halted are one or two rows
+
+
+def test_gantt_of_256_cpus_reads_at_page_width(tmp_path) -> None:
+    """CPUs that did the same thing collapse into one row with a count and a spread;
+    the ones that hung keep their own rows; the chart is a page wide with 7 pt labels."""
+    import matplotlib.image
+    cfg = load_model(MODELS / "modern-x86_64.yaml", ["cpus.count=256", "cpus.unresponsive={7: hung, 100: nmi_lost}"])
+    run = simulate(cfg, 1)
+    rows = gantt_rows(build_timeline(run.trace.events))
+    cpu_rows = [r for r in rows if r.group == "cpu"]
+    assert sum(len(r.cpus) for r in cpu_rows) == 256 and len(cpu_rows) <= 6
+    assert [r.label for r in cpu_rows if len(r.cpus) == 1 and not r.panic] == ["cpu7", "cpu100"]
+    group = next(r for r in cpu_rows if len(r.cpus) > 100)
+    assert re.match(r"\d+ CPUs: NMI at [\d.–]+ µs, halted by [\d.]+ µs", group.note), group.note
+    fig = gantt_figure(run.trace.events, model=cfg.name, seed=1)
+    w, h = fig.get_size_inches()
+    assert w == 7.0 and h < 6.5
+    assert fig._suptitle.get_text() == "modern-x86_64, seed 1 (256 CPUs)"
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == len(rows) and all(t.get_fontsize() >= 7 for t in fig.axes[0].get_yticklabels())
+    img = matplotlib.image.imread(plot_gantt(run.trace.events, tmp_path / "256.png"))
+    assert img.shape[1] == 1050 and img.shape[0] < 1000
+
+
+def test_gantt_marks_phases_iommu_init_and_distinct_events() -> None:
+    cfg = load_model(MODELS / "paper-i386-2005.yaml",
+                     [_device("nic_rx_ring", "3s", 16 * MiB, 20 * MiB), "cpus.unresponsive={2: hung}"])
+    events = simulate(cfg, 1).trace.events
+    fig = gantt_figure(events)
+    phase_texts = [t.get_text() for t in fig.axes[1].texts]
+    for label in ("NMI round", "purgatory", "capture kernel boot", "driver probe", "capture kernel corrupted"):
+        assert any(t.startswith(label) for t in phase_texts), (label, phase_texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "DMA write into the capture path" in legend and "corruption detected / capture failed" in legend
+    assert "running, never answered the NMI" in legend
+    iommu = [Event(-10, "kdumpsim", "run_info", {"model": "m", "seed": 3}), *events,
+             Event(3_200_000_000, "iommu", "iommu_init", {"mode": "copy_tables"})]
+    fig = gantt_figure(sorted(iommu, key=lambda e: e.time))
+    assert any(t.get_text().startswith("IOMMU init") for t in fig.axes[1].texts)
+    assert fig._suptitle.get_text() == "m, seed 3 (4 CPUs)"
 
 
 def test_empty_trace_is_an_error(tmp_path) -> None:
@@ -241,6 +284,9 @@ def test_cli_run_then_timeline(tmp_path, capsys) -> None:
     assert main(["timeline", str(trace), "--perfetto", str(perf), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert str(perf) in out and str(png) in out
+    info = json.loads(trace.read_text().splitlines()[0])
+    assert info["kind"] == "run_info" and info["model"] == "paper-i386-2005" and info["seed"] == 1
+    assert not any(e["name"] == "run_info" for e in json.loads(perf.read_text())["traceEvents"])
     doc = json.loads(perf.read_text())
     assert any(e["name"] == "panic" for e in doc["traceEvents"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 
@@ -139,6 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trace:
         from kdumpsim.atomic import atomic_write
         with atomic_write(args.trace, "w") as fh:
+            # First line: what run this is (kdumpsim timeline titles its chart with it).
+            first = run.trace.events[0].time if run.trace.events else 0
+            fh.write(json.dumps({"time_ns": first, "actor": "kdumpsim", "kind": "run_info", "model": cfg.name,
+                                 "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
+                                sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
     if args.vmcore or args.oldmem:
         from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
@@ -163,13 +169,27 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     for name, ns in sorted(m["phase_ns"].items(), key=lambda kv: kv[1]):
         lines.append(f"  {ns / 1e9:12.6f} s  {name}")
     if m["dump_fidelity"] is not None:
-        lines.append(f"fidelity   {m['dump_fidelity']:.6f} ({m['dump_pages_corrupted']} of {m['dump_pages']} "
-                     "dumped pages differ from RAM at the panic)")
-    for region, r in m["regions"].items():
-        if r["bytes"]:
-            who = ", ".join(f"{w} {v['bytes']} B" for w, v in r["writers"].items())
-            lines.append(f"corrupted  {region}: {r['bytes']} bytes in {r['pages']} pages ({who})")
+        changed, pages = m["dump_pages_corrupted"], m["dump_pages"]
+        ppm = changed / pages * 1e6 if pages else 0.0
+        per_million = (f", {ppm:.0f} per million" if ppm >= 10 else f", {ppm:.2g} per million") if changed else ""
+        lines.append(f"dump       {changed} of {pages} dumped pages differ from RAM at the panic"
+                     f"{per_million} (fidelity {_fidelity_text(m['dump_fidelity'])})")
+    changed_regions = [(region, r) for region, r in m["regions"].items() if r["bytes"]]
+    if changed_regions:
+        lines.append("changed    bytes = bytes that now differ from what they should hold; "
+                     "wrote = bytes a device wrote there (more: some writes left a byte as it was)")
+    for region, r in changed_regions:
+        who = ", ".join(f"{w} wrote {v['bytes']} B" for w, v in r["writers"].items())
+        lines.append(f"changed    {region}: {r['bytes']} bytes changed in {r['pages']} pages ({who})")
     return "\n".join(lines)
+
+
+def _fidelity_text(f: float) -> str:
+    """A fidelity with the digits that show it is not 1: 0.99997, not 1.000000."""
+    if f >= 1:
+        return "1 (no page changed)"
+    digits = max(6, 2 - math.floor(math.log10(1 - f)))
+    return f"{f:.{digits}f}"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ def register(sub) -> None:
     sp.add_argument("trace", metavar="TRACE.jsonl", help="trace from `kdumpsim run MODEL --trace TRACE.jsonl`")
     sp.add_argument("--perfetto", metavar="OUT.json", help="write Chrome/Perfetto Trace Event Format JSON")
     sp.add_argument("--plot", metavar="OUT.png", help="write a Gantt chart PNG")
-    sp.add_argument("--title", help="title of the Gantt chart (default: the trace file name)")
+    sp.add_argument("--title", help="title of the Gantt chart (default: the model and seed the trace came from)")
     sp.add_argument("--quiet", action="store_true", help="print nothing but errors")
     sp.set_defaults(func=cmd_timeline)
 
@@ -39,7 +39,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         if args.perfetto:
             write_text(args.perfetto, perfetto_json(events))
         if args.plot:
-            plot_gantt(events, args.plot, title=args.title if args.title is not None else args.trace)
+            plot_gantt(events, args.plot, title=args.title)
     except TraceError as e:
         raise UsageError(str(e)) from None
     if not args.quiet:

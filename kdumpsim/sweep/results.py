@@ -207,6 +207,10 @@ def summarize(df: Any, points: list[Any], outcomes: list[str], capture_ok: tuple
         row["median_corrupted_bytes"] = round(median) if not math.isnan(median) else median
         fid = None if g is None else g["dump_fidelity"].dropna()
         row["mean_dump_fidelity"] = math.nan if fid is None or fid.empty else float(fid.mean())
+        # The damage in units a reader can weigh: dumped pages that differ from RAM at the panic.
+        pages = None if g is None or "dump_pages_corrupted" not in g else g["dump_pages_corrupted"].dropna()
+        row["median_changed_pages"] = math.nan if pages is None or pages.empty else float(pages.median())
+        row["max_changed_pages"] = math.nan if pages is None or pages.empty else float(pages.max())
         out.append(row)
     return out
 
@@ -228,7 +232,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no runs)"
     cols = list(rows[0])
-    cells = [[_cell(r[c]) for c in cols] for r in rows]
+    digits = {c: _digits([r[c] for r in rows]) for c in cols}
+    cells = [[_cell(r[c], digits[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -239,14 +244,38 @@ def _numeric(text: str) -> bool:
     return text[:1].isdigit() or text[:1] in "-. " or text == "nan"
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, digits: int = 4) -> str:
     if isinstance(v, Share):
         return v.text()
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.0f}"
+        if v == int(v) and abs(v) < 1e15 and (abs(v) >= 10 or digits <= 1):
+            return f"{v:.0f}"
+        if digits <= 1:
+            return f"{v:.1f}"
+        return f"{v:.{digits}f}" if abs(v) < 10 else f"{v:.0f}"
     return str(v)
+
+
+def _digits(values: list[Any], least: int = 4, most: int = 9) -> int:
+    """Decimals for a column of fractions that tell its values apart: no value
+    below 1 printed as 1.0000 (a fidelity of 0.99997 is not 1), no two
+    different values printed the same. Whole-number columns get 0."""
+    xs = [v for v in values if isinstance(v, float) and not math.isnan(v)]
+    if not xs:
+        return least
+    if all(v == int(v) for v in xs):
+        return 0
+    if all(2 * v == int(2 * v) for v in xs):
+        return 1                     # medians of counts: 12.5
+    small = [v for v in xs if abs(v) < 10]
+    for d in range(least, most + 1):
+        shown = {f"{v:.{d}f}" for v in small}
+        if len(shown) == len(set(small)) and not any(v != round(v) and f"{v:.{d}f}" == f"{round(v):.{d}f}"
+                                                     for v in small):
+            return d
+    return most
 
 
 def summary_csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

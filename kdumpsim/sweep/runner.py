@@ -10,6 +10,7 @@ notebooks call `run_experiment`.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +43,7 @@ from kdumpsim.sweep.executors import (
     run_chunk,
 )
 from kdumpsim.sweep.plots import draw_plots
+from kdumpsim.sweep.report_html import code_version, write_report
 from kdumpsim.sweep.results import (
     PartStore,
     format_table,
@@ -164,7 +166,8 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
                               "its saved runs would not match; run without --resume to start afresh")
         return previous.get("started", now) if previous else now
     removed = store.clear() if store.parts.exists() else 0
-    for stale in [out / "results.parquet", out / "summary.csv", *(out / "vmcores").glob("point-*.vmcore")]:
+    for stale in [out / "results.parquet", out / "summary.csv", out / "report.html",
+                  *(out / "vmcores").glob("point-*.vmcore")]:
         stale.unlink(missing_ok=True)
     if removed:
         print(f"starting afresh: removed {removed} part files of an earlier run in {store.parts} "
@@ -175,9 +178,7 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
 def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Chunk], total: int, done: int,
                 progress: bool) -> None:
     """Run the chunks, saving each chunk's rows as it arrives."""
-    from tqdm import tqdm
-    bar = tqdm(total=total, initial=done, unit="run", desc=exp.spec.name, file=sys.stderr,
-               disable=not progress, dynamic_ncols=True, mininterval=0.5, smoothing=0.05)
+    bar = progress_bar(exp.spec.name, total, done, progress)
     saved = done
     try:
         for results in ex.map_unordered(run_chunk, chunks):
@@ -197,6 +198,60 @@ def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Ch
                          f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume") from None
     finally:
         bar.close()
+
+
+class LogProgress:
+    """Progress for a log (stderr not a terminal): one line each `step` of the
+    runs, instead of tqdm's carriage-return redraws that pile up on one line."""
+
+    def __init__(self, name: str, total: int, initial: int = 0, step: float = 0.1, file: Any = None):
+        self.name, self.total, self.n = name, total, initial
+        self.file = file if file is not None else sys.stderr
+        self.every = max(1, math.ceil(total * step))
+        self.next = (initial // self.every + 1) * self.every
+        self.t0 = time.monotonic()
+        self.start = initial
+        self.closed = False
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.n >= self.next or self.n >= self.total:
+            self.next = (self.n // self.every + 1) * self.every
+            self._line()
+
+    def _line(self) -> None:
+        spent = time.monotonic() - self.t0
+        done = self.n - self.start
+        left = (self.total - self.n) * spent / done if done else math.nan
+        eta = f", about {_duration_text(left)} left" if done and self.n < self.total else ""
+        print(f"{self.name}: {self.n}/{self.total} runs ({100 * self.n / max(1, self.total):.0f}%), "
+              f"{_duration_text(spent)} elapsed{eta}", file=self.file, flush=True)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _duration_text(sec: float) -> str:
+    if math.isnan(sec):
+        return "?"
+    return f"{sec:.0f} s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+def progress_bar(name: str, total: int, initial: int, enabled: bool, file: Any = None) -> Any:
+    """tqdm on a terminal; one line per 10% of the runs when stderr is a file or a pipe (a log)."""
+    out = file if file is not None else sys.stderr
+    if enabled and not _is_tty(out):
+        return LogProgress(name, total, initial, file=out)
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="run", desc=name, file=out, disable=not enabled,
+                dynamic_ncols=True, mininterval=0.5, smoothing=0.05)
+
+
+def _is_tty(fh: Any) -> bool:
+    try:
+        return bool(fh.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _row(exp: Experiment, result: RunResult) -> dict[str, Any]:
@@ -227,18 +282,20 @@ def _finish(exp: Experiment, out: Path, store: PartStore, manifest: dict, ran: i
     if len(measured) < len(df):
         print(f"{len(df) - len(measured)} runs raised an exception: their rows have outcome '{ERROR}' and the "
               "exception in the error column; they are left out of the summary and the plots", file=sys.stderr)
-    print_summary(exp, measured, out)
+    rows = print_summary(exp, measured, out)
     plots = draw_plots(exp, measured, out)
     manifest.update(status="complete", finished=_now(), runs=table.num_rows, runs_this_session=ran,
                     seconds_this_session=round(seconds, 1), columns=table.column_names,
-                    plots=[p.name for p in plots])
+                    plots=[p.name for p in plots], code_version=code_version(), report="report.html")
     _write_manifest(out, manifest)
+    counts = {str(k): int(v) for k, v in df["outcome"].value_counts().items()}
+    report = write_report(exp, out, manifest, rows, plots, counts)
     print(f"\n{table.num_rows} runs -> {out / 'results.parquet'}; plots: "
-          f"{', '.join(p.name for p in plots) or 'none'}", file=sys.stderr)
+          f"{', '.join(p.name for p in plots) or 'none'}; report: {report}", file=sys.stderr)
     return SweepResult(exp, out, df, manifest)
 
 
-def print_summary(exp: Experiment, df: Any, out: Path) -> None:
+def print_summary(exp: Experiment, df: Any, out: Path) -> list[dict[str, Any]]:
     seen = [o for o in OUTCOMES if (df["outcome"] == o).any()]
     rows = summarize(df, exp.points, seen, CAPTURE_OK)
     write_csv(summary_csv_rows(rows), out / "summary.csv")
@@ -250,6 +307,7 @@ def print_summary(exp: Experiment, df: Any, out: Path) -> None:
         shares = marginal(df, axis.name, labels, list(dict.fromkeys(axis.display)), CAPTURE_OK)
         text = ", ".join(f"{v} {s.text()}" for v, s in shares)
         print(f"capture_failure by {axis.name}: {text}")
+    return rows
 
 
 def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: Any) -> dict:

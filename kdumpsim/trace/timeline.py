@@ -116,6 +116,7 @@ def _first(evs: Iterable[Event], *kinds: str) -> Event | None:
 
 def build_timeline(events: list[Event]) -> Timeline:
     """Spans and instants per track from a trace (list of Events)."""
+    events = [e for e in events if e.kind != "run_info"]     # what run wrote the trace: not a timeline event
     if not events:
         raise TraceError("the trace has no events")
     events = sorted(events, key=lambda e: e.time)      # stable: keeps same-time order
@@ -430,24 +431,40 @@ def read_trace(path: str | Path) -> list[Event]:
 
 # ------------------------------------------------------------------ Gantt
 CATEGORY_STYLE: dict[str, tuple[str, str]] = {   # cat -> (colour, legend label)
-    "running": ("#9ccf8a", "running"),
-    "never_halted": ("#e8a33d", "running, never answered the NMI"),
-    "nmi_handler": ("#d9534f", "NMI handler"),
-    "halted": ("#c9c9c9", "halted"),
-    "panic": ("#7b1f1f", "panic + NMI shootdown wait"),
+    "running": ("#a6d9a0", "running"),
+    "never_halted": ("#E69F00", "running, never answered the NMI"),
+    "nmi_handler": ("#D55E00", "NMI handler (a group: first NMI to last halt)"),
+    "halted": ("#d0d0d0", "halted"),
+    "panic": ("#6b1d1d", "panic + NMI shootdown wait"),
     "shutdown": ("#b0413e", "crash shutdown (APIC off, save regs)"),
     "kexeced": ("#efe3f5", "runs purgatory / capture kernel"),
     "purgatory": ("#dfe7f3", "purgatory"),
-    "sha256": ("#3b6fb6", "sha256 of a segment"),
+    "sha256": ("#0072B2", "sha256 of a segment"),
     "backup": ("#8e5ea2", "backup copy"),
     "relocate": ("#2a9d8f", "relocate segment (2004)"),
     "hang": ("#000000", "hang in purgatory"),
-    "boot": ("#f2c14e", "capture kernel boot"),
-    "delay": ("#f7e6b0", "dump start delay"),
-    "dump": ("#5fa8a0", "dump copy"),
-    "dump_segment": ("#5fa8a0", "dump copy"),
-    "dma_active": ("#f4c7c3", "DMA active"),
+    "boot": ("#F0E442", "capture kernel boot"),
+    "delay": ("#f7efc0", "dump start delay"),
+    "dump": ("#009E73", "dump copy"),
+    "dump_segment": ("#009E73", "dump copy"),
+    "dma_active": ("#c9d7e8", "DMA active"),
+    "dma_never_stopped": ("#fbe3b5", "DMA active, never stopped"),
 }
+# Phases of the capture path, drawn as labelled bands above the rows.
+PHASE_BANDS = (("panic", "nmi_shootdown_done", "NMI round", "#6b1d1d"),
+               ("nmi_shootdown_done", "machine_kexec", "shutdown", "#b0413e"),
+               ("purgatory_start", "jump_to_kernel", "purgatory", "#0072B2"),
+               ("boot_start", "boot_done", "capture kernel boot", "#d8c600"),
+               ("dump_copy_start", "dump_copy_done", "dump copy", "#009E73"))
+# Instants on the phase row: key -> (label, marker, colour).
+PHASE_MARKS = {"iommu_init": ("IOMMU init", "D", "#0072B2"), "driver_probe": ("driver probe", "^", "#009E73"),
+               "vmcore_init": ("vmcore init", "o", "#555555"),
+               "purgatory_mismatch": ("sha256 mismatch", "*", "#CC79A7"),
+               "capture_kernel_corrupted": ("capture kernel corrupted", "*", "#CC79A7")}
+GANTT_WIDTH = 7.0      # inches: a page's width, at GANTT_DPI
+GANTT_DPI = 150
+LOG_FROM = 1e-6        # the time axis is linear below 1 us ...
+LINEAR_FROM = 1.0      # ... logarithmic to 1 s, linear after (so the seconds-long dump copy is not a sliver)
 
 
 def _fmt_time(sec: float) -> str:
@@ -470,17 +487,174 @@ def fmt_ns(ns: int | float) -> str:
     return f"{ns:g} ns"
 
 
-def _bar_text(s: Span) -> str:
-    return {"sha256": s.name.removeprefix("sha256 "), "relocate": s.name.removeprefix("relocate "),
-            "backup": "backup", "boot": "boot", "delay": "", "dump": "", "dump_segment": s.name,
-            "dma_active": "", "hang": "hang"}.get(s.cat, s.name)
+def _span_text(lo: float, hi: float) -> str:
+    """'1.2-1.9 µs' (one unit for both ends)."""
+    if hi - lo < 1e-12:
+        return _fmt_time(lo)
+    a = max(abs(lo), abs(hi))
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if a >= scale * 0.999:
+            return f"{lo / scale:.3g}–{hi / scale:.3g} {unit}"
+    return f"{lo:.3g}–{hi:.3g} s"
 
 
-def _mid(x0: float, x1: float, linthresh: float) -> float:
-    """The visual middle of [x0, x1] on a symlog axis (geometric above linthresh)."""
-    if x0 >= linthresh:
-        return math.sqrt(x0 * x1)
-    return (x0 + x1) / 2 if x1 <= linthresh else math.sqrt(max(x0, linthresh) * x1)
+def cpu_ranges(ids: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    out: list[str] = []
+    ids = sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}–{ids[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+@dataclass
+class GanttRow:
+    """One row of the chart: a track, or CPUs that did the same thing."""
+    label: str
+    group: str                      # cpu | path | dma
+    spans: list[Span]
+    instants: list[Instant] = field(default_factory=list)
+    note: str = ""                  # text drawn in the row (what the CPUs of a group did)
+    cpus: list[int] = field(default_factory=list)
+    panic: bool = False
+
+
+def _time_scale(end_s: float):
+    """(forward, inverse, linear_from) of the time axis: linear to 1 µs, log to 1 s, linear after,
+    the linear part as wide as half the log part (pure log when the trace ends within ~2 s)."""
+    import numpy as np
+    pivot = LINEAR_FROM if end_s > 2 * LINEAR_FROM else math.inf
+    log_units = 1 + math.log10(min(pivot, end_s * 1.15) / LOG_FROM)
+    per_s = 0.5 * log_units / (end_s * 1.15 - pivot) if pivot < math.inf else 0.0
+    top = 1 + math.log10(pivot / LOG_FROM) if pivot < math.inf else math.inf
+
+    def forward(x):
+        x = np.asarray(x, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lg = 1 + np.log10(np.maximum(x, LOG_FROM) / LOG_FROM)
+        out = np.where(x <= LOG_FROM, x / LOG_FROM, lg)
+        if pivot == math.inf:
+            return out
+        return np.where(x > pivot, top + (x - pivot) * per_s, out)
+
+    def inverse(y):
+        y = np.asarray(y, dtype=float)
+        out = np.where(y <= 1, y * LOG_FROM, LOG_FROM * 10.0 ** (np.minimum(y, 40) - 1))
+        if per_s:
+            out = np.where(y > top, pivot + (y - top) / per_s, out)
+        return out
+    return forward, inverse, pivot
+
+
+def _nice_step(span: float) -> float:
+    for step in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000):
+        if span / step <= 5:
+            return step
+    return 10 ** math.ceil(math.log10(span / 5))
+
+
+def gantt_rows(tl: Timeline) -> list[GanttRow]:
+    """The chart's rows: the panic CPU; the other CPUs collapsed into groups that
+    did the same thing (answered the NMI at about the same time, or hung the
+    same way); purgatory; the capture kernel; each DMA engine."""
+    rows: list[GanttRow] = []
+    cpu_tracks = [t for t in tl.tracks if t.group == "cpu"]
+    panic = next((t for t in cpu_tracks if t.name == tl.panic_cpu), None)
+    if panic is not None:
+        rows.append(GanttRow(f"{panic.name} (panic)", "cpu", panic.spans, panic.instants, panic=True,
+                             cpus=[_cpu_index(panic.name) or 0]))
+    halted: list[tuple[int, Track]] = []
+    odd: dict[str, list[tuple[int, Track]]] = {}
+    for t in cpu_tracks:
+        if t is panic:
+            continue
+        cats = tuple(s.cat for s in t.spans)
+        cpu = _cpu_index(t.name) or 0
+        if cats == ("running", "nmi_handler", "halted"):
+            halted.append((cpu, t))
+        else:
+            odd.setdefault(f"{'/'.join(cats)}|{t.note}", []).append((cpu, t))
+    for cluster in _clusters(halted):
+        recv = [t.spans[1].start for _, t in cluster]
+        stop = [t.spans[2].start for _, t in cluster]
+        ids = [c for c, _ in cluster]
+        lo, hi = min(recv), max(stop)
+        spans = [Span(cluster[0][1].spans[0].start, min(recv), "running", "running"),
+                 Span(lo, hi, "NMI handler", "nmi_handler"), Span(hi, tl.end, "halted", "halted")]
+        o = tl.panic if tl.panic is not None else 0
+        note = (f"{len(ids)} CPUs: " if len(ids) > 1 else "") + (
+            f"NMI at {_span_text((min(recv) - o) / 1e9, (max(recv) - o) / 1e9)}, halted by "
+            f"{_fmt_time((hi - o) / 1e9)}")
+        rows.append(GanttRow(_cpus_label(ids), "cpu", spans, note=note, cpus=ids))
+    for members in odd.values():
+        ids = [c for c, _ in members]
+        first = members[0][1]
+        note = first.note
+        text = f"never answered the NMI ({note})" if first.spans and first.spans[0].cat == "never_halted" \
+            else (note or "")
+        rows.append(GanttRow(_cpus_label(ids), "cpu", first.spans,
+                             [i for _, t in members for i in t.instants if i.cat == "alarm"], note=text, cpus=ids))
+    rows[1 if panic is not None else 0:] = sorted(rows[1 if panic is not None else 0:], key=lambda r: min(r.cpus))
+    for name in ("purgatory", "capture"):
+        t = tl.track(name)
+        if t is not None:
+            rows.append(GanttRow(t.label, "path", t.spans, t.instants, note=t.note))
+    for t in tl.tracks:
+        if t.group == "dma":
+            rows.append(GanttRow(t.label, "dma", t.spans, t.instants, note=t.note))
+    return rows
+
+
+def _cpus_label(ids: list[int]) -> str:
+    if len(ids) == 1:
+        return f"cpu{ids[0]}"
+    text = cpu_ranges(ids)
+    if len(text) <= 12:
+        return f"CPUs {text} (×{len(ids)})"
+    gaps = sorted(set(range(min(ids), max(ids) + 1)) - set(ids))
+    if len(gaps) <= 3:
+        return f"CPUs {min(ids)}–{max(ids)} but {', '.join(map(str, gaps))}"
+    return f"{len(ids)} CPUs in {min(ids)}–{max(ids)}"
+
+
+def _clusters(cpus: list[tuple[int, Track]], most: int = 4) -> list[list[tuple[int, Track]]]:
+    """CPUs that halted, grouped by when the NMI reached them (a gap of more than
+    a quarter of a microsecond and 10% starts a new group); one group if that makes too many."""
+    if not cpus:
+        return []
+    order = sorted(cpus, key=lambda ct: ct[1].spans[1].start)
+    groups = [[order[0]]]
+    for prev, cur in zip(order, order[1:]):
+        a, b = prev[1].spans[1].start, cur[1].spans[1].start
+        if b - a > max(250, 0.1 * abs(a)):
+            groups.append([cur])
+        else:
+            groups[-1].append(cur)
+    if len(groups) > most:
+        groups = [order]
+    return [sorted(g, key=lambda ct: ct[0]) for g in groups]
+
+
+def run_info(events: list[Event]) -> dict[str, Any]:
+    """The model and seed a trace came from (a `run_info` event, written by `kdumpsim run --trace`)."""
+    e = next((e for e in events if e.kind == "run_info"), None)
+    return dict(e.details) if e is not None else {}
+
+
+def _phase_times(tl: Timeline, events: list[Event]) -> dict[str, int]:
+    out = dict(tl.phases)
+    for e in events:
+        if e.kind == "iommu_init":
+            out.setdefault("iommu_init", e.time)
+        elif e.kind in ("no_driver_in_capture_kernel", "driver_init_without_reset") or (
+                e.kind == "dma_stopped" and e.details.get("reason") in ("driver_init", "reset_devices")):
+            out.setdefault("driver_probe", e.time)
+    return out
 
 
 def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) -> Path:
@@ -490,15 +664,28 @@ def plot_gantt(events: list[Event], path: str | Path, title: str | None = None) 
     out.parent.mkdir(parents=True, exist_ok=True)
     from kdumpsim.atomic import atomic_write
     with atomic_write(out, "wb") as fh:
-        fig.savefig(fh, format="png")
+        fig.savefig(fh, format="png", dpi=GANTT_DPI)
     return out
 
 
-def gantt_figure(events: list[Event], title: str | None = None):
+def gantt_title(events: list[Event], model: str | None = None, seed: int | None = None) -> str:
+    info = run_info(events)
+    model = model or info.get("model")
+    seed = seed if seed is not None else info.get("seed")
+    ncpu = len({e.actor for e in events if _cpu_index(e.actor) is not None})
+    what = f"{model}, seed {seed}" if model and seed is not None else (model or "kdump crash path")
+    return f"{what} ({ncpu} CPUs)"
+
+
+def gantt_figure(events: list[Event], title: str | None = None, *, model: str | None = None,
+                 seed: int | None = None):
     """A matplotlib Figure (no pyplot, no global backend change, so notebooks
-    can display it): one row per CPU (panic CPU first, compact when there are
-    many), purgatory, the capture kernel and each DMA engine, on a symlog time
-    axis starting at the panic."""
+    can display it), 7 in wide: the phases of the capture path as labelled
+    bands on top; the panic CPU; the other CPUs collapsed into rows of CPUs that
+    did the same thing ("CPUs 1-31 (x31): NMI at 1-1.9 µs, halted by 6.9 µs");
+    purgatory, the capture kernel and each DMA engine. Time runs from the
+    panic: linear to 1 µs, logarithmic to 1 s, linear after. The title is
+    `title`, else the model and seed (given, or from the trace's run_info event)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -506,191 +693,221 @@ def gantt_figure(events: list[Event], title: str | None = None):
 
     tl = build_timeline(events)
     origin = tl.panic if tl.panic is not None else 0
-    rows = [t for t in tl.tracks if t.group in ("cpu", "dma") or t.name in ("purgatory", "capture")]
-    rows.sort(key=lambda t: ({"cpu": 0, "path": 1, "dma": 2}[t.group],
-                             0 if t.name == tl.panic_cpu else 1, t.name == "capture"))
-    ncpu = sum(t.group == "cpu" for t in rows)
-    # Row heights in inches (the y data unit is the inch): CPU rows shrink when
-    # there are many of them, the other rows keep a readable height.
-    cpu_h = 0.24 if ncpu <= 8 else (0.17 if ncpu <= 48 else max(0.045, 8.0 / ncpu))
-    other_h = 0.26
-    heights = [other_h if t.group != "cpu" else (max(cpu_h, 0.2) if t.name == tl.panic_cpu else cpu_h)
-               for t in rows]
-    centers, y = [], sum(heights)
-    for h in heights:
-        centers.append(y - h / 2)
-        y -= h
-    plot_h = sum(heights)
-    px_per_pt = 110 / 72
-    fig_h = plot_h + 2.0          # final margins are set once the legend and labels are known
-    fig = Figure(figsize=(13, fig_h), dpi=110)
-    ax = fig.add_axes((0.11, 1.0 / fig_h, 0.875, plot_h / fig_h))
-    linthresh = 1e-6
-    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.6)
+    rows = gantt_rows(tl)
+    phases = _phase_times(tl, events)
     end_s = max((tl.end - origin) / 1e9, 1e-3)
-    right = end_s * 1.7
+    forward, inverse, pivot = _time_scale(end_s)
+    right = end_s * 1.15
+
+    row_h, phase_h = 0.27, 0.34
+    plot_h = row_h * len(rows)
+    left_in, right_in, top_in = 1.45, 0.12, 0.42 + phase_h
+    fig = Figure(figsize=(GANTT_WIDTH, plot_h + top_in + 1.5), dpi=GANTT_DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    pax = fig.add_axes((0, 0, 1, 1), sharex=ax)
+    w = (GANTT_WIDTH - left_in - right_in) / GANTT_WIDTH      # horizontal layout is final now (labels need it)
+    ax.set_position((left_in / GANTT_WIDTH, 0.3, w, 0.5))
+    pax.set_position((left_in / GANTT_WIDTH, 0.85, w, 0.1))
+    ax.set_xscale("function", functions=(forward, inverse))
     ax.set_xlim(-0.6e-6, right)
     ax.set_ylim(0, plot_h)
-    row_pt = cpu_h * 72
-    cpu_label = 8 if ncpu <= 16 else max(4.5, min(7.0, row_pt * 0.85))
-    bar_text = 6.5
+    pax.set_ylim(0, 1)
 
     def sec(ns: int) -> float:
-        return (ns - origin) / 1e9
-
-    def width_px(x0: float, x1: float) -> float:
-        return ax.transData.transform((x1, 0))[0] - ax.transData.transform((x0, 0))[0]
-
-    def text_fits(text: str, x0: float, x1: float, size: float) -> bool:
-        return width_px(x0, x1) > len(text) * size * 0.58 * px_per_pt + 6
+        return (max(ns, origin) - origin) / 1e9
 
     used: dict[str, str] = {}
-    markers_used: set[str] = set()
-    shade = {"sha256": ("#3b6fb6", "#6f9be0", "#254f8f"), "relocate": ("#2a9d8f", "#4fbfb0", "#1d7268"),
-             "dump_segment": ("#5fa8a0", "#7fc4bc", "#468a83")}
-    for track, yc, rh in zip(rows, centers, heights):
-        child_n = 0
-        gap = min(0.04, rh * 0.18)
-        for s in track.spans:
-            x0, x1 = sec(max(s.start, origin)), sec(max(s.end, origin))
-            color, label = CATEGORY_STYLE.get(s.cat, ("#999999", s.cat))
+    marks: set[str] = set()
+    centers = [plot_h - row_h * (k + 0.5) for k in range(len(rows))]
+    for row, yc in zip(rows, centers):
+        child = 0
+        for s in row.spans:
+            x0, x1 = sec(s.start), sec(s.end)
+            cat = s.cat
+            if cat == "dma_active" and "never stopped" in s.name:
+                cat = "dma_never_stopped"
+            color, label = CATEGORY_STYLE.get(cat, ("#999999", cat))
             used.setdefault(label, color)
-            if s.cat in shade:
-                color = shade[s.cat][child_n % 3]
-                child_n += 1
-            h = rh - gap if s.cat == "purgatory" else rh - 2 * gap
+            h = row_h * (0.8 if s.depth == 0 else 0.6)
+            if s.depth and cat in ("sha256", "relocate", "dump_segment"):
+                color = _shade(color, child)
+                child += 1
             ax.broken_barh([(x0, max(x1 - x0, 0))], (yc - h / 2, h), facecolors=color,
-                           edgecolors="white" if s.depth else "none", linewidth=0.5 if s.depth else 0,
-                           zorder=2 + s.depth)
-            if s.cat in ("hang", "never_halted"):
-                ax.annotate("", xy=(end_s * 1.35, yc), xytext=(max(x1, x0), yc),
-                            arrowprops=dict(arrowstyle="-|>", color=color, lw=1.0,
-                                            mutation_scale=min(10, rh * 60)), zorder=4)
-            text = _bar_text(s)
-            if text and track.group != "cpu" and s.cat != "purgatory" and text_fits(text, x0, x1, bar_text):
-                dark = s.cat in ("sha256", "relocate", "backup", "hang", "dump_segment", "dump")
-                ax.text(_mid(x0, x1, linthresh), yc, text, ha="center", va="center", fontsize=bar_text,
-                        color="white" if dark else "#222222", zorder=5, clip_on=True)
-        writes = [i for i in track.instants if i.name == "dma_write"]
+                           edgecolors="white" if s.depth else "none", linewidth=0.4 if s.depth else 0,
+                           hatch="////" if cat == "dma_never_stopped" else None, zorder=2 + s.depth)
+            if cat in ("hang", "never_halted", "dma_never_stopped"):
+                ax.annotate("", xy=(right, yc), xytext=(x1 * 0.999, yc), zorder=4,
+                            arrowprops=dict(arrowstyle="-|>", color="#333333", lw=0.8, mutation_scale=7))
+                marks.add("forever")
+            text = {"sha256": s.name.removeprefix("sha256 "), "boot": "boot", "dump": "dump copy",
+                    "hang": "hang"}.get(cat, "")
+            if text and not (row.note and row.group == "path") and _fits(ax, forward, x0, x1, text, 6):
+                ax.text(_visual_mid(forward, inverse, x0, x1), yc, text, ha="center", va="center", fontsize=6,
+                        color="white" if cat in ("sha256", "hang", "dump") else "#222222", zorder=6, clip_on=True)
+        writes = [i for i in row.instants if i.name == "dma_write"]
         ok = [sec(i.time) for i in writes if i.cat == "dma_write"]
         bad = [sec(i.time) for i in writes if i.cat == "corruption"]
         if ok:
-            ax.vlines(ok, yc - rh * 0.36, yc + rh * 0.36, colors="#7a3b36", linewidth=0.35, alpha=0.6, zorder=3)
-            used.setdefault("DMA write (first-kernel RAM or free reservation)", "#7a3b36")
+            ax.vlines(ok, yc - row_h * 0.3, yc + row_h * 0.3, colors="#2f4b7c", linewidth=0.3, alpha=0.55, zorder=3)
+            marks.add("write")
         if bad:
-            ax.plot(bad, [yc] * len(bad), linestyle="none", marker="x", color="#d00000", markersize=4,
-                    markeredgewidth=1.0, zorder=6)
-            markers_used.add("dma_hit")
+            ax.plot(bad, [yc] * len(bad), ls="none", marker="x", color="#D55E00", ms=3.5, mew=0.9, zorder=6)
+            marks.add("hit")
             regions = sorted({str(i.args.get("region")) for i in writes if i.cat == "corruption"})
-            ax.annotate("DMA into " + ", ".join(regions), (bad[0], yc), xytext=(-5, 0),
-                        textcoords="offset points", ha="right", va="center", fontsize=bar_text,
-                        color="#a00000", zorder=7)
-        for i in track.instants:
-            x = sec(max(i.time, origin))
-            if i.name in ("purgatory_mismatch", "capture_kernel_corrupted", "vmcore_init_failed"):
-                ax.plot([x], [yc], marker="*", color="#d00000", markersize=11,
-                        markeredgecolor="black", markeredgewidth=0.5, zorder=7)
-                ax.annotate(i.name.replace("_", " "), (x, yc), xytext=(-8, 0), textcoords="offset points",
-                            ha="right", va="center", fontsize=7, color="#a00000", zorder=7,
-                            bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
-                markers_used.add("alarm")
-            elif i.name == "nmi_timeout":
-                ax.plot([x], [yc], marker="v", color="#d00000", markersize=6, zorder=7)
-                markers_used.add("timeout")
+            ax.annotate("DMA into " + ", ".join(regions), (bad[0], yc + row_h * 0.32), xytext=(0, 1),
+                        textcoords="offset points", ha="left", va="bottom", fontsize=5.5, color="#8a3300", zorder=7)
+        for i in row.instants:
+            x = sec(i.time)
+            if i.name == "nmi_timeout":
+                ax.plot([x], [yc], marker="v", color="black", ms=5, zorder=7)
+                marks.add("timeout")
             elif i.name == "dma_stopped":
-                ax.plot([x], [yc], marker="|", color="black", markersize=min(8, rh * 30), zorder=7)
-                markers_used.add("stopped")
-        if track.note and track.group == "cpu":       # inside the never-ending bar, where others halted
-            ax.text(2e-5, yc, f"never answered the NMI ({track.note})", ha="left", va="center",
-                    fontsize=min(cpu_label, 7), color="#5a2a00", zorder=8, clip_on=True)
-        elif track.note and track.group == "dma":
-            ax.annotate(track.note, (sec(tl.end), yc), xytext=(-4, 0), textcoords="offset points",
-                        ha="right", va="center", fontsize=bar_text, color="#5a2a00", zorder=8)
+                ax.plot([x], [yc], marker="|", color="black", ms=7, mew=1.2, zorder=7)
+                marks.add("stopped")
+            elif i.cat == "alarm" and i.name in PHASE_MARKS:
+                ax.plot([x], [yc], marker="*", color="#CC79A7", ms=10, mec="black", mew=0.5, zorder=8)
+                marks.add("alarm")
+        if row.note and row.group == "cpu":
+            ax.text(2e-5 if row.spans and row.spans[0].cat == "never_halted" else 1e-4, yc, row.note,
+                    ha="left", va="center", fontsize=6.3, color="#222222", zorder=8, clip_on=True)
+        elif row.note and row.group == "dma":
+            ax.text(right, yc, row.note + "  ", ha="right", va="center", fontsize=6, color="#5a2a00", zorder=8)
+        elif row.note:          # left of where the row's alarm (star) is, else at the right end
+            alarms = [sec(i.time) for i in row.instants if i.cat == "alarm"]
+            ax.annotate(row.note, (min(alarms) if alarms else right, yc), xytext=(-9, 0), textcoords="offset points",
+                        ha="right", va="center", fontsize=6, color="#5a2a00", zorder=9,
+                        bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.8))
 
-    # The panic and the phase boundaries, labels staggered so close ones stay readable.
-    ax.axvline(0, color="#d00000", lw=1.2, zorder=8)
-    marks = [(0.0, "panic", "#d00000")]
-    for key, label in (("nmi_shootdown_done", "shootdown done"), ("purgatory_start", "purgatory"),
-                       ("boot_start", "capture boot"), ("dump_copy_start", "dump copy"),
-                       ("dump_copy_done", "dump done"), ("purgatory_mismatch", "hang"),
-                       ("capture_kernel_corrupted", "corrupted")):
-        if key in tl.phases:
-            x = sec(tl.phases[key])
-            ax.axvline(x, color="#555555", lw=0.6, ls=(0, (3, 3)), zorder=1)
-            marks.append((x, f"{label} {_fmt_time(x)}", "#333333"))
-    marks.sort(key=lambda m: m[0])
-    level_right: list[float] = []
-    for x, text, color in marks:
-        px = ax.transData.transform((x, 0))[0]
-        w = len(text) * 6.5 * 0.58 * px_per_pt
-        lo = px if x == 0 else px - w / 2
-        level = next((k for k, r in enumerate(level_right) if lo > r + 4), len(level_right))
-        if level == len(level_right):
-            level_right.append(0.0)
-        level_right[level] = lo + w
-        ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2 + 9 * level),
-                    textcoords="offset points", fontsize=6.5, color=color,
-                    ha="left" if x == 0 else "center", va="bottom")
+    # Phase bands (top strip) and instants, with lines down through the rows.
+    level_end: list[float] = []
+    fig_w_px = GANTT_WIDTH * GANTT_DPI
+    for a, b, label, color in PHASE_BANDS:
+        if a not in phases:
+            continue
+        x0 = sec(phases[a])
+        x1 = sec(phases[b]) if b in phases else (end_s if a != "panic" else x0)
+        pax.broken_barh([(x0, max(x1 - x0, 0))], (0.08, 0.4), facecolors=color, alpha=0.85, zorder=2)
+        ax.axvline(x0, color="#888888", lw=0.5, ls=(0, (3, 3)), zorder=1)
+        text = f"{label} {_fmt_time(x0)}" if label != "NMI round" else f"{label} {_fmt_time(x1)}"
+        level_end = _stagger(pax, forward, x0, x1, text, color, level_end, fig_w_px, "band")
+    for key, (label, marker, color) in PHASE_MARKS.items():
+        if key not in phases:
+            continue
+        x = sec(phases[key])
+        pax.plot([x], [0.28], marker=marker, color=color, ms=7 if marker == "*" else 5, mec="black", mew=0.4,
+                 zorder=4, ls="none")
+        ax.axvline(x, color=color, lw=0.6, ls=(0, (1, 2)), zorder=1)
+        level_end = _stagger(pax, forward, x, x, f"{label} {_fmt_time(x)}", color, level_end, fig_w_px, "mark")
+    ax.axvline(0, color="#6b1d1d", lw=1.0, zorder=8)
+    pax.axis("off")
 
-    # Row labels: every CPU when they fit, else every k-th plus the notable ones.
-    stride = max(1, math.ceil(5.0 / row_pt)) if ncpu > 48 else 1
-    ticks, labels, styles = [], [], []
-    cpu_seen = 0
-    for t, yc in zip(rows, centers):
-        notable = t.name == tl.panic_cpu or bool(t.note) or t.group != "cpu"
-        if t.group == "cpu":
-            cpu_seen += 1
-        if notable or (cpu_seen - 1) % stride == 0:
-            ticks.append(yc)
-            labels.append(t.label)
-            styles.append(t)
-    ax.set_yticks(ticks)
-    ax.set_yticklabels(labels)
-    for lbl, t in zip(ax.get_yticklabels(), styles):
-        lbl.set_fontsize(cpu_label if t.group == "cpu" and t.name != tl.panic_cpu else max(cpu_label, 7.5))
-        if t.name == tl.panic_cpu:
-            lbl.set_color("#a00000")
+    # Row labels
+    ax.set_yticks(centers)
+    ax.set_yticklabels([r.label for r in rows])
+    for lbl, r in zip(ax.get_yticklabels(), rows):
+        lbl.set_fontsize(7)
+        if r.panic:
+            lbl.set_color("#8b0000")
             lbl.set_fontweight("bold")
-        elif t.group == "path":
+        elif r.group == "path":
             lbl.set_fontweight("bold")
-        elif t.note and t.group == "cpu":
-            lbl.set_color("#b05a00")
+        elif r.group == "cpu" and r.note.startswith("never"):
+            lbl.set_color("#9a5a00")
     ax.tick_params(axis="y", length=0, pad=3)
-    bottom_of = {id(t): yc - h / 2 for t, yc, h in zip(rows, centers, heights)}
-    for a, b in zip(rows, rows[1:]):
+    for k, (a, b) in enumerate(zip(rows, rows[1:])):
         if a.group != b.group:
-            ax.axhline(bottom_of[id(a)], color="#888888", lw=0.6, zorder=1)
-    major = [0.0] + [10.0 ** k for k in range(-6, 4) if 10.0 ** k <= right]
+            ax.axhline(plot_h - row_h * (k + 1), color="#888888", lw=0.5, zorder=1)
+
+    # Time axis: decades to the pivot, round seconds after it.
+    major = [0.0] + [10.0 ** k for k in range(-6, 1) if 10.0 ** k <= min(pivot, right)]
+    if pivot < math.inf:
+        step = _nice_step(right - pivot)
+        major += [step * n for n in range(1, 200) if pivot + 0.4 * step < step * n <= right]
     ax.xaxis.set_major_locator(FixedLocator(major))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt_time(v)))
-    minor = [m * 10.0 ** k for k in range(-6, 4) for m in range(2, 10) if m * 10.0 ** k <= right]
+    minor = [m * 10.0 ** k for k in range(-6, 0) for m in range(2, 10) if m * 10.0 ** k < min(pivot, right)]
     ax.xaxis.set_minor_locator(FixedLocator(minor))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.tick_params(axis="x", labelsize=8)
-    ax.grid(axis="x", which="major", color="#dddddd", lw=0.5, zorder=0)
-    ax.set_xlabel("time since the panic (symlog axis: linear below 1 µs, logarithmic above)", fontsize=8.5)
+    ax.tick_params(axis="x", labelsize=6.5)
+    for lbl in ax.get_xticklabels():
+        lbl.set_rotation(0)
+    ax.grid(axis="x", which="major", color="#e2e2e2", lw=0.5, zorder=0)
+    if pivot < math.inf:
+        ax.axvspan(pivot, right, color="#f6f6f6", zorder=0)
+    scale_text = ("linear to 1 µs, logarithmic to 1 s, linear after (shaded)" if pivot < math.inf
+                  else "linear to 1 µs, logarithmic after")
+    ax.set_xlabel(f"time since the panic ({scale_text})", fontsize=7)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
-    handles = [Patch(facecolor=c, label=lbl) for lbl, c in used.items()]
-    if "dma_hit" in markers_used:
-        handles.append(Line2D([], [], ls="none", marker="x", color="#d00000",
-                              label="DMA write into a segment / backup / crash notes"))
-    if "alarm" in markers_used:
-        handles.append(Line2D([], [], ls="none", marker="*", color="#d00000", markeredgecolor="black",
-                              markersize=9, label="corruption detected / capture path failed"))
-    if "timeout" in markers_used:
-        handles.append(Line2D([], [], ls="none", marker="v", color="#d00000", label="NMI wait timed out"))
-    if "stopped" in markers_used:
-        handles.append(Line2D([], [], ls="none", marker="|", color="black", markersize=8, label="DMA stopped"))
-    ncol = 4
+    handles: list[Any] = [Patch(facecolor=c, label=lbl, hatch="////" if "never stopped" in lbl else None)
+                          for lbl, c in used.items()]
+    extra = {"write": Line2D([], [], ls="none", marker="|", color="#2f4b7c", label="DMA write (harmless RAM)"),
+             "hit": Line2D([], [], ls="none", marker="x", color="#D55E00", label="DMA write into the capture path"),
+             "alarm": Line2D([], [], ls="none", marker="*", color="#CC79A7", mec="black", ms=8,
+                             label="corruption detected / capture failed"),
+             "timeout": Line2D([], [], ls="none", marker="v", color="black", label="NMI wait timed out"),
+             "stopped": Line2D([], [], ls="none", marker="|", color="black", ms=7, label="DMA stopped"),
+             "forever": Line2D([], [], color="#333333", marker=">", ms=3, lw=0.8, label="goes on past the chart")}
+    handles += [h for k, h in extra.items() if k in marks]
+    handles += [Line2D([], [], ls="none", marker=m, color=c, mec="black", mew=0.4, label=label)
+                for key, (label, m, c) in PHASE_MARKS.items() if key in phases and m != "*"]
+    ncol = 3
     legend_rows = math.ceil(len(handles) / ncol)
-    top_in = 0.45 + 0.125 * len(level_right)       # title + staggered phase labels
-    bottom_in = 0.62 + 0.16 * legend_rows           # tick labels, axis label, legend
+    stagger_in = 0.13 * max(0, len(level_end) - 1)
+    top_in += stagger_in
+    bottom_in = 0.5 + 0.15 * legend_rows
     fig_h = plot_h + top_in + bottom_in
-    fig.set_size_inches(13, fig_h)
-    ax.set_position((0.11, bottom_in / fig_h, 0.875, plot_h / fig_h))
-    fig.legend(handles=handles, loc="lower left", ncol=ncol, fontsize=7, frameon=False,
-               bbox_to_anchor=(0.11, 0.04 / fig_h), handlelength=1.6, columnspacing=1.5)
-    fig.suptitle(title if title is not None else "kdump crash path", fontsize=10.5, y=1 - 0.08 / fig_h, va="top")
+    fig.set_size_inches(GANTT_WIDTH, fig_h)
+    ax.set_position((left_in / GANTT_WIDTH, bottom_in / fig_h, w, plot_h / fig_h))
+    pax.set_position((left_in / GANTT_WIDTH, (bottom_in + plot_h + 0.02) / fig_h, w, phase_h / fig_h))
+    fig.legend(handles=handles, loc="lower left", ncol=ncol, fontsize=6, frameon=False,
+               bbox_to_anchor=(0.01, 0.02 / fig_h), handlelength=1.5, columnspacing=1.2)
+    fig.suptitle(title if title is not None else gantt_title(events, model, seed), fontsize=9,
+                 y=1 - 0.06 / fig_h, va="top")
     return fig
+
+
+def _shade(color: str, k: int) -> str:
+    """Alternate lighter / darker children so neighbouring segments stay apart."""
+    from matplotlib.colors import to_rgb
+    r, g, b = to_rgb(color)
+    f = (1.0, 1.25, 0.8)[k % 3]
+    return "#%02x%02x%02x" % tuple(int(max(0, min(1, c * f)) * 255) for c in (r, g, b))
+
+
+def _fits(ax: Any, forward: Any, x0: float, x1: float, text: str, size: float) -> bool:
+    lo, hi = ax.get_xlim()
+    span = float(forward(hi) - forward(lo))
+    w_in = ax.get_position().width * ax.figure.get_size_inches()[0]
+    width_pt = float(forward(x1) - forward(x0)) / span * w_in * 72 if span else 0
+    return width_pt > len(text) * size * 0.58 + 4
+
+
+def _visual_mid(forward: Any, inverse: Any, x0: float, x1: float) -> float:
+    return float(inverse((forward(x0) + forward(x1)) / 2))
+
+
+def _stagger(pax: Any, forward: Any, x0: float, x1: float, text: str, color: str, level_end: list[float],
+             fig_w_px: float, kind: str) -> list[float]:
+    """A phase label above the band strip, on the first level where it does not overlap."""
+    lo, hi = pax.get_xlim()
+    span = float(forward(hi) - forward(lo))
+    frac = pax.get_position().width
+    left_frac = pax.get_position().x0
+
+    def px(x: float) -> float:
+        return (left_frac + float(forward(x) - forward(lo)) / span * frac) * fig_w_px
+
+    w = len(text) * 6 * 0.55 * GANTT_DPI / 72
+    ha = "left" if kind == "band" else "center"
+    start = px(x0) if kind == "band" else px(x0) - w / 2
+    if start + w > fig_w_px - 4:             # keep it on the page: end it at the mark instead
+        ha, start = "right", px(x0) - w
+    level = next((k for k, r in enumerate(level_end) if start > r + 3), len(level_end))
+    if level == len(level_end):
+        level_end.append(0.0)
+    level_end[level] = start + w
+    pax.annotate(text, (x0, 0.5), xytext=(0, 2 + 8 * level), textcoords="offset points", fontsize=6,
+                 color=color if kind == "mark" else "#222222", ha=ha, va="bottom", annotation_clip=False)
+    return level_end
