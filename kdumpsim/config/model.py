@@ -139,12 +139,26 @@ def _parse_iomem(v: Any) -> Any:
     return v
 
 
+def _distinct_cpu_keys(v: Any) -> Any:
+    """`{1: hung, '1': nmi_lost}` names CPU 1 twice: refuse it rather than let one silently win."""
+    if isinstance(v, dict):
+        seen: dict[str, Any] = {}
+        for k in v:
+            ident = str(k).strip() if isinstance(k, (int, str)) and not isinstance(k, bool) else repr(k)
+            if ident in seen:
+                raise _field_error(ident, f"CPU {ident} is given twice (as {seen[ident]!r} and {k!r}); "
+                                          "give each CPU once")
+            seen[ident] = k
+    return v
+
+
 class CpuSpec(Strict):
     count: Int = Field(ge=1, le=8192)
     sockets: Int = Field(default=1, ge=1)
     panic_cpu: Int = Field(default=0, ge=0)
     # CPUs that never answer the NMI: "hung" (stuck with NMIs blocked) or "nmi_lost".
-    unresponsive: dict[Int, Literal["hung", "nmi_lost"]] = Field(default_factory=dict)
+    unresponsive: Annotated[dict[Int, Literal["hung", "nmi_lost"]],
+                            BeforeValidator(_distinct_cpu_keys)] = Field(default_factory=dict)
     busy_share: Float = Field(default=0.5, ge=0, le=1, description="share of CPUs running a task (pid>0) at the crash")
 
 
@@ -422,7 +436,12 @@ def _check_iomem(m: ModelConfig) -> None:
             raise _FieldError(f"memory.iomem.{i}", f"{r.start:x}-{r.end:x} {what} the line above it "
                                                    f"({prev.start:x}-{prev.end:x} : {prev.type}); "
                                                    "lines must be sorted by address and must not overlap")
-        if r.type != "System RAM" and re.sub(r"[\s_-]", "", r.type).lower() == "systemram":
+        if not r.type.isprintable():
+            bad = next(c for c in r.type if not c.isprintable())
+            raise _FieldError(f"memory.iomem.{i}", f"type {r.type!r} holds an invisible or control character "
+                                                   f"(U+{ord(bad):04X}); retype it, e.g. 'System RAM'")
+        if r.type != "System RAM" and (re.sub(r"[\s_-]", "", r.type).lower() == "systemram"
+                                       or _closest_iomem_type(r.type) == "System RAM"):
             raise _FieldError(f"memory.iomem.{i}", f"unknown type {r.type!r} (did you mean 'System RAM'?)")
     if not any(r.type == "System RAM" for r in iomem):
         raise _FieldError("memory.iomem", "no 'System RAM' range: the machine needs memory, "
@@ -433,6 +452,15 @@ def _check_iomem(m: ModelConfig) -> None:
     if m.arch == "x86_64" and iomem[-1].end >= 1 << 52:
         raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "x86_64 addresses at most 4 PiB "
                                                             "(52-bit physical addresses)")
+
+
+def _closest_iomem_type(kind: str) -> str | None:
+    """The known /proc/iomem type `kind` is a near-miss of (None if it is one, or near none)."""
+    if kind in IOMEM_TYPES:
+        return None
+    lower = {t.lower(): t for t in IOMEM_TYPES}
+    close = difflib.get_close_matches(kind.lower(), list(lower), n=1, cutoff=0.75)
+    return lower[close[0]] if close else None
 
 
 def _ram_list(ram: list[tuple[int, int]]) -> str:
