@@ -7,9 +7,12 @@ vmcore from a run that has none), 2 bad input (model, experiment, file).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
@@ -36,17 +39,49 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _sigterm_unwinds():
+        try:
+            return args.func(args)
+        except _Terminated:
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError as e:
+            if e.filename is not None:      # an output file (a FIFO whose reader left): say so
+                print(f"kdumpsim: error: {e.filename}: {e.strerror}", file=sys.stderr)
+                return 1
+            # stdout's reader stopped reading (| head): what it wanted it got; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except Exception as e:  # noqa: BLE001 - every known error kind becomes a message
+            code, msg = _explain(e)
+            if code is None:
+                raise
+            print(f"kdumpsim: error: {msg}", file=sys.stderr)
+            return code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: unwind like Ctrl-C (a sweep prints how to resume; outputs leave no temporary)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - every known error kind becomes a message
-        code, msg = _explain(e)
-        if code is None:
-            raise
-        print(f"kdumpsim: error: {msg}", file=sys.stderr)
-        return code
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:             # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _explain(e: Exception) -> tuple[int | None, str]:

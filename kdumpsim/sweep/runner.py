@@ -192,6 +192,8 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     record (the first session's when resuming)."""
     now = _now()
     previous = read_manifest(out)
+    for stale in (out / "vmcores").glob(".point-*.part"):   # a temporary of a killed sweep (no O_TMPFILE)
+        stale.unlink(missing_ok=True)
     if resume:
         store.clean_temporaries()
         if previous and store.files():
