@@ -13,11 +13,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
 from kdumpsim.cli import timeline as cli_timeline
-from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError
+from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 
 EPILOG_RUN = """examples:
   kdumpsim run models/paper-i386-2005.yaml
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    with _sigterm_unwinds():
+    with _sigterm_unwinds(), _escaped_stdout():
         try:
             return args.func(args)
         except _Terminated:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except BrokenPipeError as e:
             if e.filename is not None:      # an output file (a FIFO whose reader left): say so
-                print(f"kdumpsim: error: {e.filename}: {e.strerror}", file=sys.stderr)
+                print(printable(f"kdumpsim: error: {e.filename}: {e.strerror}"), file=sys.stderr)
                 return 1
             # stdout's reader stopped reading (| head): what it wanted it got; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -59,8 +60,34 @@ def main(argv: list[str] | None = None) -> int:
             code, msg = _explain(e)
             if code is None:
                 raise
-            print(f"kdumpsim: error: {msg}", file=sys.stderr)
+            print(f"kdumpsim: error: {printable(msg)}", file=sys.stderr)
             return code
+
+
+class _EscapingWriter:
+    """stdout with every text written through errors.printable: a model's name,
+    a vmcore's notes or a non-UTF-8 file name print as escapes, never as
+    terminal commands or an encoding error."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(printable(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _escaped_stdout() -> Iterator[None]:
+    real = sys.stdout
+    sys.stdout = _EscapingWriter(real)
+    try:
+        yield
+    finally:
+        sys.stdout = real
 
 
 class _Terminated(KeyboardInterrupt):

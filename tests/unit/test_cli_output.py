@@ -52,3 +52,50 @@ def test_a_closed_stdout_pipe_is_quiet(tmp_path: Path) -> None:
     proc.stdout.close()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"Broken pipe" not in err and b"Traceback" not in err, err
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\r\u202espoof"
+
+
+def _core_with_hostile_text() -> bytes:
+    """A tiny ELF64 core whose note name and VMCOREINFO carry terminal escapes."""
+    from kdumpsim.formats import elf
+    from kdumpsim.formats.elf import Phdr
+    layout = elf.layout_for(elf.ELFCLASS64)
+    notes = elf.pack_note(f"CORE{HOSTILE}".encode(), 1, bytes(16))
+    notes += elf.pack_note(b"VMCOREINFO", 0, f"OSRELEASE=6.1{HOSTILE}\nPAGESIZE=4096\n".encode())
+    phdrs = [Phdr(elf.PT_NOTE, 0, 0x1000, 0, 0, len(notes), len(notes), 0),
+             Phdr(elf.PT_LOAD, 7, 0x2000, 0xC0100000, 0x100000, 0x1000, 0x1000, 0)]
+    head = layout.pack_ehdr(elf.EM_X86_64, len(phdrs)) + b"".join(map(layout.pack_phdr, phdrs))
+    return head.ljust(0x1000, b"\0") + notes.ljust(0x1000, b"\0") + bytes(0x1000)
+
+
+def test_inspect_escapes_a_crafted_vmcore(tmp_path: Path, capsys) -> None:
+    from kdumpsim.cli.main import main
+    core = tmp_path / "core"
+    core.write_bytes(_core_with_hostile_text())
+    assert main(["inspect", str(core)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out
+    assert "\\x1b]0;pwned\\x07" in out
+
+
+def test_run_escapes_the_model_name(capsys) -> None:
+    from kdumpsim.cli.main import main
+    assert main(["run", str(PAPER), "--set", f"name=evil{HOSTILE}"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\x1b]0;pwned" in out
+
+
+def test_a_non_utf8_file_name_on_a_strict_utf8_stdout(tmp_path: Path) -> None:
+    name = os.fsencode(str(tmp_path)) + b"/core-\xff\xfe"
+    with open(name, "wb") as fh:
+        fh.write(_core_with_hostile_text())
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    r = subprocess.run([os.fsencode(sys.executable), b"-m", b"kdumpsim", b"inspect", name], cwd=ROOT, env=env,
+                       capture_output=True)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert b"core-\\xff\\xfe" in r.stdout
+    r = subprocess.run([os.fsencode(sys.executable), b"-m", b"kdumpsim", b"validate", name + b".missing"],
+                       cwd=ROOT, env=env, capture_output=True)
+    assert r.returncode == 2 and b"Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
