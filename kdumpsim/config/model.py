@@ -108,6 +108,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
+# ---------------------------------------------------------------- limits (README "Errors and recovery")
+MAX_NUMA_NODES = 64                  # the simulated node_online_map is one u64
+MAX_RAM_END = 64 << 40               # System RAM below 64 TiB: the simulated page tables' reach
+MAX_RAM_RANGES = 4096                # System RAM lines; the ELF headers get one PT_LOAD each
+MAX_BLOB = (256 << 20) - 1           # an image or one DMA transfer: its bytes are made in one piece
+MAX_DEVICES = 1024                   # the simulated printk ring holds every device's probe lines
+MIN_PACKET_RATE = 1e-6               # packets/s: slower would not arrive within any run anyway
+
 # ---------------------------------------------------------------- machine
 _IOMEM_RE = re.compile(r"^\s*([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.+?)\s*$")
 IOMEM_TYPES = ("System RAM", "reserved", "ACPI Tables", "ACPI Non-volatile Storage",
@@ -164,7 +172,8 @@ class CpuSpec(Strict):
 
 class MemorySpec(Strict):
     iomem: list[Annotated[IomemRange, BeforeValidator(_parse_iomem)]] = Field(min_length=1)
-    numa_nodes: Int = Field(default=1, ge=1, le=1024)   # MAX_NUMNODES with NODES_SHIFT=10
+    # The kernel allows 1024 (NODES_SHIFT=10); the simulated node_online_map is one u64 word.
+    numa_nodes: Int = Field(default=1, ge=1, le=MAX_NUMA_NODES)
 
 
 class BusSpec(Strict):
@@ -385,6 +394,7 @@ def _check_consistency(m: ModelConfig) -> None:
         raise _FieldError("cpus.sockets", f"{c.sockets} sockets for {c.count} CPUs: every socket needs a CPU, "
                                           f"so sockets must be at most {c.count}")
     _check_iomem(m)
+    _check_limits(m)
     buses = {b.name for b in m.topology.buses}
     seen_bus: set[str] = set()
     for i, b in enumerate(m.topology.buses):
@@ -452,6 +462,36 @@ def _check_iomem(m: ModelConfig) -> None:
     if m.arch == "x86_64" and iomem[-1].end >= 1 << 52:
         raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "x86_64 addresses at most 4 PiB "
                                                             "(52-bit physical addresses)")
+
+
+def _check_limits(m: ModelConfig) -> None:
+    """What the simulator cannot build (a one-line error, not a traceback deep in a run)."""
+    ram = [(i, r) for i, r in enumerate(m.memory.iomem) if r.type == "System RAM"]
+    if len(ram) > MAX_RAM_RANGES:
+        raise _FieldError("memory.iomem", f"{len(ram)} System RAM ranges; at most {MAX_RAM_RANGES} are simulated "
+                                          "(the vmcore's ELF headers get a PT_LOAD for each): merge adjacent ones")
+    for i, r in ram:
+        if r.end >= MAX_RAM_END:
+            raise _FieldError(f"memory.iomem.{i}", f"System RAM up to {r.end:#x}: at most 64 TiB "
+                                                   f"(end below {MAX_RAM_END:#x}) is simulated")
+    k = m.kexec
+    for name in ("capture_kernel_size", "initrd_size"):
+        if (getattr(k, name) or 0) > MAX_BLOB:
+            raise _FieldError(f"kexec.{name}", f"{getattr(k, name)} bytes: at most {MAX_BLOB} (256 MiB - 1) "
+                                               "is simulated")
+    if len(m.devices) > MAX_DEVICES:
+        raise _FieldError("devices", f"{len(m.devices)} devices: at most {MAX_DEVICES} are simulated "
+                                     "(each logs its probe in the simulated printk ring)")
+    for i, d in enumerate(m.devices):
+        for name in ("packet_size", "buffer_size", "chunk", "command_size"):
+            size = getattr(d, name, None)
+            if size is not None and size > MAX_BLOB:
+                raise _FieldError(f"devices.{i}.{name}", f"{size} bytes in one DMA transfer: at most {MAX_BLOB} "
+                                                         "(256 MiB - 1) is simulated")
+        rate = getattr(d, "packet_rate", None)
+        if rate is not None and rate < MIN_PACKET_RATE:
+            raise _FieldError(f"devices.{i}.packet_rate", f"{rate!r} packets/s: at least {MIN_PACKET_RATE} "
+                                                          "(one packet in 11 days)")
 
 
 def _closest_iomem_type(kind: str) -> str | None:
@@ -532,6 +572,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(source, "", f"YAML syntax error{where}: {problem}{hint}") from None
     except RecursionError:
         raise ConfigError(source, "", f"YAML nested too deeply (a model needs at most {MAX_DEPTH} levels)") from None
+    except ValueError as e:     # an integer of more than 4300 digits (int_max_str_digits)
+        raise ConfigError(source, "", f"a value YAML cannot read: {e}".split(";")[0]) from None
     _check_shape(raw, source)
     return raw
 
@@ -562,6 +604,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         return key.strip(), value
+    except RecursionError:
+        raise ConfigError("--set", key.strip(), f"value nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:     # an integer of more than 4300 digits
+        raise ConfigError("--set", key.strip(), f"a value YAML cannot read: {e}".split(";")[0]) from None
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -632,7 +678,8 @@ def load_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             try:
                 set_dotted(raw, *parse_override(text))
             except ConfigError as e:
-                raise ConfigError(str(path), e.field, f"--set {text}: {e.message}") from None
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise ConfigError(str(path), e.field, f"--set {shown}: {e.message}") from None
         _check_shape(raw, str(path))
     return validate_model(raw, str(path))
 
