@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -539,7 +541,10 @@ def read_yaml(path: str | Path) -> Any:
     """Read a YAML file; syntax errors, missing, unreadable or hostile files become ConfigError."""
     p, source = Path(path), str(path)
     try:
-        with open(p, "rb") as fh:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)    # a FIFO must not block the open
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise ConfigError(source, "", "not a regular file (a FIFO, device or socket); give a YAML file")
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(source, "", "no such file") from None
