@@ -542,9 +542,13 @@ def read_yaml(path: str | Path) -> Any:
     p, source = Path(path), str(path)
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)    # a FIFO must not block the open
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(p)
+            raise ConfigError(source, "", "not a regular file (a FIFO, device or socket); give a YAML file")
         with open(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISDIR(os.fstat(fd).st_mode):
-                raise ConfigError(source, "", "not a regular file (a FIFO, device or socket); give a YAML file")
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(source, "", "no such file") from None

@@ -410,10 +410,11 @@ def _read_text(path: str | Path) -> str:
         raise TraceError(f"{path}: is a directory, not a trace file") from None
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise TraceError(f"{path}: is a directory, not a trace file")
     with open(fd, "rb", closefd=True) as fh:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise TraceError(f"{path}: is a directory, not a trace file")
         if not stat.S_ISREG(st.st_mode):
             raise TraceError(f"{path}: not a regular file (a FIFO, device or socket); save the trace to a file")
         if st.st_size > MAX_TRACE_BYTES:
@@ -453,7 +454,7 @@ def read_trace(path: str | Path) -> list[Event]:
             raise TraceError(f"{path}: line {n}: not a trace event (missing {', '.join(missing)})")
         t = d.pop("time_ns")
         if not isinstance(t, int) or isinstance(t, bool) or not -(1 << 63) <= t < 1 << 63:
-            raise TraceError(f"{path}: line {n}: time_ns must be a 64-bit integer, got {str(t)[:40]}")
+            raise TraceError(f"{path}: line {n}: time_ns must be an integer (64-bit), got {str(t)[:40]}")
         d.pop("time", None)
         for key, value in d.items():
             if key in NUMERIC_FIELDS and (not isinstance(value, int) or isinstance(value, bool)

@@ -45,7 +45,7 @@ def test_timeline_of_dev_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (json.dumps({**GOOD, "x": 1})[:-1] + ', "y": 1e999}', "must be a finite number"),
     ('{"a":' * 100000 + "1" + "}" * 100000, "nested too deeply"),
     (json.dumps(GOOD).replace('"time_ns": 0', '"time_ns": ' + "9" * 5000), "4300 digits"),
-    (json.dumps(GOOD).replace('"time_ns": 0', '"time_ns": ' + "9" * 4000), "64-bit integer"),
+    (json.dumps(GOOD).replace('"time_ns": 0', '"time_ns": ' + "9" * 4000), "integer (64-bit)"),
 ], ids=["bytes-text", "bytes-null", "bytes-1e999", "inf", "deep", "5000-digit-time", "huge-time"])
 def test_malformed_trace_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str,
                                 fragment: str) -> None:
