@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ERROR = "error"       # outcome of a run that raised instead of finishing
+MAX_WORKERS = 256     # worker processes (README "Errors and recovery")
 
 @dataclass(frozen=True)
 class Options:
@@ -94,6 +95,9 @@ def run_experiment(experiment: str | Path | Experiment, out: str | Path | None =
     for name, value in (("--workers", workers), ("--chunk-size", chunk_size)):
         if value is not None and value < 1:
             raise ConfigError(name, "", "must be at least 1")
+    if workers is not None and workers > MAX_WORKERS:
+        raise ConfigError("--workers", "", f"{workers} is more than {MAX_WORKERS}; this machine has "
+                          f"{default_workers()} CPUs for them")
     exp = prepare(experiment)
     dest = Path(out) if out is not None else default_out(exp)
     check_vmcore_space(exp, dest)

@@ -167,3 +167,9 @@ def test_two_concurrent_sweeps_on_one_out(tmp_path: Path) -> None:
             proc.wait()
     table = pq.read_table(out / "results.parquet")
     assert len(table) == 200 and json.loads((out / "manifest.json").read_text())["name"] == "a"
+
+
+def test_workers_are_bounded(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="more than 256"):
+        run_experiment(experiment(tmp_path), tmp_path / "out", workers=100000, progress=False)
+    assert not (tmp_path / "out").exists()
