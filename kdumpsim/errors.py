@@ -7,6 +7,9 @@ worker process can hand one back to the sweep that started it.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 
 class KdumpsimError(Exception):
     """Base of every user-facing error."""
@@ -71,3 +74,33 @@ class WorkerLost(KdumpsimError):
     """The sweep stopped because a worker died; saved runs are kept (exit status 1)."""
 
     exit_status = 1
+
+
+# ---------------------------------------------------------------- text that reaches a terminal
+_ASCII_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print: control, format (bidi overrides, zero-width),
+    separator and surrogate characters (undecodable file-name bytes) written as
+    escapes such as \\x1b, so a crafted vmcore or model cannot retitle the
+    terminal, move the cursor or fake a line. Newlines and tabs are kept."""
+    if text.isascii() and not _ASCII_UNSAFE.search(text):
+        return text
+    return "".join(c if c in "\n\t" or not _unsafe(c) else _escape(c) for c in text)
+
+
+def _unsafe(c: str) -> bool:
+    if " " <= c <= "~":
+        return False
+    cat = unicodedata.category(c)
+    return cat[0] == "C" or cat in ("Zl", "Zp")
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    if 0xDC80 <= n <= 0xDCFF:           # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{n - 0xDC00:02x}"
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"

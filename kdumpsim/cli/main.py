@@ -7,15 +7,19 @@ vmcore from a run that has none), 2 bad input (model, experiment, file).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
 from kdumpsim.cli import timeline as cli_timeline
-from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError
+from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 
 EPILOG_RUN = """examples:
   kdumpsim run models/paper-i386-2005.yaml
@@ -37,17 +41,75 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _sigterm_unwinds(), _escaped_stdout():
+        try:
+            return args.func(args)
+        except _Terminated:
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError as e:
+            if e.filename is not None:      # an output file (a FIFO whose reader left): say so
+                print(printable(f"kdumpsim: error: {e.filename}: {e.strerror}"), file=sys.stderr)
+                return 1
+            # stdout's reader stopped reading (| head): what it wanted it got; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except Exception as e:  # noqa: BLE001 - every known error kind becomes a message
+            code, msg = _explain(e)
+            if code is None:
+                raise
+            print(f"kdumpsim: error: {printable(msg)}", file=sys.stderr)
+            return code
+
+
+class _EscapingWriter:
+    """stdout with every text written through errors.printable: a model's name,
+    a vmcore's notes or a non-UTF-8 file name print as escapes, never as
+    terminal commands or an encoding error."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(printable(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _escaped_stdout() -> Iterator[None]:
+    real = sys.stdout
+    sys.stdout = _EscapingWriter(real)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - every known error kind becomes a message
-        code, msg = _explain(e)
-        if code is None:
-            raise
-        print(f"kdumpsim: error: {msg}", file=sys.stderr)
-        return code
+        yield
+    finally:
+        sys.stdout = real
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: unwind like Ctrl-C (a sweep prints how to resume; outputs leave no temporary)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:             # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _explain(e: Exception) -> tuple[int | None, str]:

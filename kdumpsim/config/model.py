@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -108,6 +110,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
+# ---------------------------------------------------------------- limits (README "Errors and recovery")
+MAX_NUMA_NODES = 64                  # the simulated node_online_map is one u64
+MAX_RAM_END = 64 << 40               # System RAM below 64 TiB: the simulated page tables' reach
+MAX_RAM_RANGES = 4096                # System RAM lines; the ELF headers get one PT_LOAD each
+MAX_BLOB = (256 << 20) - 1           # an image or one DMA transfer: its bytes are made in one piece
+MAX_DEVICES = 1024                   # the simulated printk ring holds every device's probe lines
+MIN_PACKET_RATE = 1e-6               # packets/s: slower would not arrive within any run anyway
+
 # ---------------------------------------------------------------- machine
 _IOMEM_RE = re.compile(r"^\s*([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.+?)\s*$")
 IOMEM_TYPES = ("System RAM", "reserved", "ACPI Tables", "ACPI Non-volatile Storage",
@@ -139,18 +149,33 @@ def _parse_iomem(v: Any) -> Any:
     return v
 
 
+def _distinct_cpu_keys(v: Any) -> Any:
+    """`{1: hung, '1': nmi_lost}` names CPU 1 twice: refuse it rather than let one silently win."""
+    if isinstance(v, dict):
+        seen: dict[str, Any] = {}
+        for k in v:
+            ident = str(k).strip() if isinstance(k, (int, str)) and not isinstance(k, bool) else repr(k)
+            if ident in seen:
+                raise _field_error(ident, f"CPU {ident} is given twice (as {seen[ident]!r} and {k!r}); "
+                                          "give each CPU once")
+            seen[ident] = k
+    return v
+
+
 class CpuSpec(Strict):
     count: Int = Field(ge=1, le=8192)
     sockets: Int = Field(default=1, ge=1)
     panic_cpu: Int = Field(default=0, ge=0)
     # CPUs that never answer the NMI: "hung" (stuck with NMIs blocked) or "nmi_lost".
-    unresponsive: dict[Int, Literal["hung", "nmi_lost"]] = Field(default_factory=dict)
+    unresponsive: Annotated[dict[Int, Literal["hung", "nmi_lost"]],
+                            BeforeValidator(_distinct_cpu_keys)] = Field(default_factory=dict)
     busy_share: Float = Field(default=0.5, ge=0, le=1, description="share of CPUs running a task (pid>0) at the crash")
 
 
 class MemorySpec(Strict):
     iomem: list[Annotated[IomemRange, BeforeValidator(_parse_iomem)]] = Field(min_length=1)
-    numa_nodes: Int = Field(default=1, ge=1, le=1024)   # MAX_NUMNODES with NODES_SHIFT=10
+    # The kernel allows 1024 (NODES_SHIFT=10); the simulated node_online_map is one u64 word.
+    numa_nodes: Int = Field(default=1, ge=1, le=MAX_NUMA_NODES)
 
 
 class BusSpec(Strict):
@@ -465,6 +490,7 @@ def _check_consistency(m: ModelConfig) -> None:
         raise _FieldError("cpus.sockets", f"{c.sockets} sockets for {c.count} CPUs: every socket needs a CPU, "
                                           f"so sockets must be at most {c.count}")
     _check_iomem(m)
+    _check_limits(m)
     buses = {b.name for b in m.topology.buses}
     seen_bus: set[str] = set()
     for i, b in enumerate(m.topology.buses):
@@ -520,7 +546,12 @@ def _check_iomem(m: ModelConfig) -> None:
             raise _FieldError(f"memory.iomem.{i}", f"{r.start:x}-{r.end:x} {what} the line above it "
                                                    f"({prev.start:x}-{prev.end:x} : {prev.type}); "
                                                    "lines must be sorted by address and must not overlap")
-        if r.type != "System RAM" and re.sub(r"[\s_-]", "", r.type).lower() == "systemram":
+        if not r.type.isprintable():
+            bad = next(c for c in r.type if not c.isprintable())
+            raise _FieldError(f"memory.iomem.{i}", f"type {r.type!r} holds an invisible or control character "
+                                                   f"(U+{ord(bad):04X}); retype it, e.g. 'System RAM'")
+        if r.type != "System RAM" and (re.sub(r"[\s_-]", "", r.type).lower() == "systemram"
+                                       or _closest_iomem_type(r.type) == "System RAM"):
             raise _FieldError(f"memory.iomem.{i}", f"unknown type {r.type!r} (did you mean 'System RAM'?)")
     if not any(r.type == "System RAM" for r in iomem):
         raise _FieldError("memory.iomem", "no 'System RAM' range: the machine needs memory, "
@@ -531,6 +562,45 @@ def _check_iomem(m: ModelConfig) -> None:
     if m.arch == "x86_64" and iomem[-1].end >= 1 << 52:
         raise _FieldError(f"memory.iomem.{len(iomem) - 1}", "x86_64 addresses at most 4 PiB "
                                                             "(52-bit physical addresses)")
+
+
+def _check_limits(m: ModelConfig) -> None:
+    """What the simulator cannot build (a one-line error, not a traceback deep in a run)."""
+    ram = [(i, r) for i, r in enumerate(m.memory.iomem) if r.type == "System RAM"]
+    if len(ram) > MAX_RAM_RANGES:
+        raise _FieldError("memory.iomem", f"{len(ram)} System RAM ranges; at most {MAX_RAM_RANGES} are simulated "
+                                          "(the vmcore's ELF headers get a PT_LOAD for each): merge adjacent ones")
+    for i, r in ram:
+        if r.end >= MAX_RAM_END:
+            raise _FieldError(f"memory.iomem.{i}", f"System RAM up to {r.end:#x}: at most 64 TiB "
+                                                   f"(end below {MAX_RAM_END:#x}) is simulated")
+    k = m.kexec
+    for name in ("capture_kernel_size", "initrd_size"):
+        if (getattr(k, name) or 0) > MAX_BLOB:
+            raise _FieldError(f"kexec.{name}", f"{getattr(k, name)} bytes: at most {MAX_BLOB} (256 MiB - 1) "
+                                               "is simulated")
+    if len(m.devices) > MAX_DEVICES:
+        raise _FieldError("devices", f"{len(m.devices)} devices: at most {MAX_DEVICES} are simulated "
+                                     "(each logs its probe in the simulated printk ring)")
+    for i, d in enumerate(m.devices):
+        for name in ("packet_size", "buffer_size", "chunk", "command_size"):
+            size = getattr(d, name, None)
+            if size is not None and size > MAX_BLOB:
+                raise _FieldError(f"devices.{i}.{name}", f"{size} bytes in one DMA transfer: at most {MAX_BLOB} "
+                                                         "(256 MiB - 1) is simulated")
+        rate = getattr(d, "packet_rate", None)
+        if rate is not None and rate < MIN_PACKET_RATE:
+            raise _FieldError(f"devices.{i}.packet_rate", f"{rate!r} packets/s: at least {MIN_PACKET_RATE} "
+                                                          "(one packet in 11 days)")
+
+
+def _closest_iomem_type(kind: str) -> str | None:
+    """The known /proc/iomem type `kind` is a near-miss of (None if it is one, or near none)."""
+    if kind in IOMEM_TYPES:
+        return None
+    lower = {t.lower(): t for t in IOMEM_TYPES}
+    close = difflib.get_close_matches(kind.lower(), list(lower), n=1, cutoff=0.75)
+    return lower[close[0]] if close else None
 
 
 def _ram_list(ram: list[tuple[int, int]]) -> str:
@@ -569,7 +639,14 @@ def read_yaml(path: str | Path) -> Any:
     """Read a YAML file; syntax errors, missing, unreadable or hostile files become ConfigError."""
     p, source = Path(path), str(path)
     try:
-        with open(p, "rb") as fh:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)    # a FIFO must not block the open
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(p)
+            raise ConfigError(source, "", "not a regular file (a FIFO, device or socket); give a YAML file")
+        with open(fd, "rb") as fh:
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(source, "", "no such file") from None
@@ -602,6 +679,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(source, "", f"YAML syntax error{where}: {problem}{hint}") from None
     except RecursionError:
         raise ConfigError(source, "", f"YAML nested too deeply (a model needs at most {MAX_DEPTH} levels)") from None
+    except ValueError as e:     # an integer of more than 4300 digits (int_max_str_digits)
+        raise ConfigError(source, "", f"a value YAML cannot read: {e}".split(";")[0]) from None
     _check_shape(raw, source)
     return raw
 
@@ -632,6 +711,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         return key.strip(), value
+    except RecursionError:
+        raise ConfigError("--set", key.strip(), f"value nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as e:     # an integer of more than 4300 digits
+        raise ConfigError("--set", key.strip(), f"a value YAML cannot read: {e}".split(";")[0]) from None
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:
@@ -702,7 +785,8 @@ def load_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             try:
                 set_dotted(raw, *parse_override(text))
             except ConfigError as e:
-                raise ConfigError(str(path), e.field, f"--set {text}: {e.message}") from None
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                raise ConfigError(str(path), e.field, f"--set {shown}: {e.message}") from None
         _check_shape(raw, str(path))
     return validate_model(raw, str(path))
 

@@ -113,10 +113,17 @@ def _layout_2005(machine: Machine) -> KexecImage:
     ksize, isize = cfg.kexec.capture_kernel_size, cfg.kexec.initrd_size
     backup_src = backup_source(machine, D.BACKUP_SIZE_2005) if cfg.kexec.backup else None
     kernel_data, purg_data = image_bytes("kernel", ksize), image_bytes("purgatory", D.PURGATORY_SIZE)
+
+    def _elfcorehdr_memsz() -> int:
+        # kexec-tools bloats the headers to 16 KiB at least, not at most: a machine
+        # with many CPUs or RAM ranges gets what its headers need (issue 17 item 30).
+        backup_at = segs["backup"].start if "backup" in segs else None
+        return max(D.ELFCOREHDR_MIN_MEMSZ, len(build_elfcorehdr(machine, backup_src, backup_at)))
+
     if modern:
         if backup_src:
             add("backup", align_up(backup_src[1], D.BACKUP_ALIGN), D.BACKUP_ALIGN, True)
-        add("elfcorehdr", D.ELFCOREHDR_MIN_MEMSZ, D.ELFCOREHDR_ALIGN, True)
+        add("elfcorehdr", _elfcorehdr_memsz(), D.ELFCOREHDR_ALIGN, True)
         add("purgatory", D.PURGATORY_SIZE, 16, True, purg_data)
         add("params", D.PARAMS_SIZE, 16, True)
         add("kernel", ksize, 2 * MiB, True, kernel_data)
@@ -131,7 +138,7 @@ def _layout_2005(machine: Machine) -> KexecImage:
         add("params", D.PARAMS_SIZE, 16, False)
         if backup_src:
             add("backup", align_up(backup_src[1], D.BACKUP_ALIGN), D.BACKUP_ALIGN, False)
-        add("elfcorehdr", D.ELFCOREHDR_MIN_MEMSZ, D.ELFCOREHDR_ALIGN, False)
+        add("elfcorehdr", _elfcorehdr_memsz(), D.ELFCOREHDR_ALIGN, False)
         if isize:
             add("initrd", isize, D.PAGE_SIZE, True, image_bytes("initrd", isize), lo=16 * MiB)
     backup = segs.get("backup")

@@ -51,25 +51,45 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
         base = _size("kexec.crashkernel", at, spec, "base")
     text = text.removesuffix(",high").removesuffix(",low")
     if ":" in text:
-        size = 0
-        for item in text.split(","):
-            rng, sep, amount = item.partition(":")
-            lo, dash, hi = rng.partition("-")
-            if not (sep and dash):
-                raise LayoutError("kexec.crashkernel", f"cannot parse range {item!r} in {spec!r}; "
-                                  "the range form is e.g. 512M-2G:64M,2G-:128M")
-            lo_b = _size("kexec.crashkernel", lo, spec, "range start")
-            hi_b = _size("kexec.crashkernel", hi, spec, "range end") if hi else 1 << 64
-            if lo_b <= ram_total < hi_b:
-                size = _size("kexec.crashkernel", amount, spec, "size")
-        if size == 0:
-            raise LayoutError("kexec.crashkernel", f"{spec!r} reserves nothing for {ram_total / MiB:.1f} MiB of "
-                              "System RAM: no range covers it; add one, e.g. ...,0-:64M")
+        size = _range_size(text, spec, ram_total)
     else:
         size = _size("kexec.crashkernel", text, spec, "size")
     if size <= 0:
         raise LayoutError("kexec.crashkernel", f"size must be positive in {spec!r}; use e.g. 32M@16M")
     return size, base
+
+
+def _range_size(text: str, spec: str, ram_total: int) -> int:
+    """The size `start-[end]:size,...` gives for `ram_total` bytes of System RAM,
+    as kernel/crash_core.c parse_crashkernel_mem: System RAM rounded up to
+    128 MiB; entries are read in order and the FIRST whose start <= RAM < end
+    wins (later ones are not read); `end <= start` and `size >= RAM` refuse the
+    whole option."""
+    total = -(-ram_total // (128 * MiB)) * (128 * MiB)
+    for item in text.split(","):
+        rng, sep, amount = item.partition(":")
+        lo, dash, hi = rng.partition("-")
+        if not (sep and dash):
+            raise LayoutError("kexec.crashkernel", f"cannot parse range {item!r} in {spec!r}; "
+                              "the range form is e.g. 512M-2G:64M,2G-:128M")
+        lo_b = _size("kexec.crashkernel", lo, spec, "range start")
+        hi_b = _size("kexec.crashkernel", hi, spec, "range end") if hi.strip() else 1 << 64
+        if hi.strip() and hi_b <= lo_b:
+            raise LayoutError("kexec.crashkernel", f"range {item!r} in {spec!r} ends where or before it starts "
+                              "(the kernel refuses it: 'crashkernel: end <= start')")
+        size = _size("kexec.crashkernel", amount, spec, "size")
+        if size >= total:
+            raise LayoutError("kexec.crashkernel", f"size {amount.strip()} in {spec!r} is not below the "
+                              f"{total / MiB:.0f} MiB of System RAM (rounded up to 128 MiB) "
+                              "(the kernel refuses it: 'crashkernel: invalid size')")
+        if lo_b <= total < hi_b:
+            if size == 0:
+                raise LayoutError("kexec.crashkernel", f"{spec!r}: range {rng.strip()!r}, the first that covers "
+                                  f"{ram_total / MiB:.1f} MiB of System RAM, gives size 0 (the kernel "
+                                  "reserves nothing: 'crashkernel size resulted in zero bytes'); give a size")
+            return size
+    raise LayoutError("kexec.crashkernel", f"{spec!r} reserves nothing for {ram_total / MiB:.1f} MiB of "
+                      "System RAM: no range covers it; add one, e.g. ...,0-:64M")
 
 
 def _size(field_: str, text: str, spec: str = "", what: str = "size") -> int:

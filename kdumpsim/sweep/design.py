@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdumpsim.config.model import ModelConfig, _model_of, read_yaml, set_dotted, validate_model
 from kdumpsim.errors import ConfigError, LayoutError
@@ -108,7 +108,8 @@ class PlotSpec(Strict):
 
 
 class ExperimentSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # One path component (the default output is results/<name>), never '.' or '..'.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     description: str = ""
     base: BaseSpec
     axes: list[AxisSpec] = Field(default_factory=list)
@@ -120,6 +121,14 @@ class ExperimentSpec(Strict):
     vmcores: Literal["none", "first"] = "none"
     # Run the real crash tools on every run's vmcore (kdumpsim.analysis): slow, one vmcore per worker on disk.
     analyse: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError(f"{v!r} is not a name: the default output directory is results/<name>, so the name "
+                             "must be one path component, not '.' or '..'")
+        return v
 
 
 # ---------------------------------------------------------------- resolved experiment
@@ -264,6 +273,9 @@ def _spec_error(e: ValidationError, source: str, raw: Any) -> ConfigError:
             msg += f"; known keys: {', '.join(known)}"
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif loc == ("name",) and err["type"] == "string_pattern_mismatch":
+        msg = (f"{err.get('input')!r} is not a name: use letters, digits, '_', '.' and '-' (one path "
+               "component, not '.' or '..': the default output directory is results/<name>)")
     return ConfigError(source, where, msg)
 
 
@@ -673,6 +685,16 @@ def _check_base(exp: Experiment) -> None:
                 at = axis.value_field(j)
                 raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
                                   f"{e.message} (value {axis.display[j]!r})") from None
+
+
+def models_sha256(exp: Experiment) -> str:
+    """A digest of every point's resolved model (what a run simulates): editing
+    the model file, or anything it resolves to, changes it."""
+    h = hashlib.sha256()
+    for p in exp.points:
+        h.update(json.dumps(exp.model_for(p.index).model_dump(mode="json"), sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def layout_key(cfg: ModelConfig) -> str:

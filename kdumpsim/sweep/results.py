@@ -15,10 +15,13 @@ Dask write the same bytes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
+import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdumpsim.atomic import atomic_write, write_text
+from kdumpsim.errors import ConfigError
 
 Z95 = 1.959963984540054          # the 97.5th percentile of the standard normal
 FIXED_TYPES = {"point": pa.int64(), "replicate": pa.int64(), "seed": pa.uint64()}
+IDENTITY_KEY = b"kdumpsim.identity"    # Parquet key-value metadata of every part: the run's identity
+LOCK_NAME = ".kdumpsim.lock"
+# What a fresh start may delete, and only in a directory whose manifest.json a sweep wrote.
+OUTPUT_FILES = ("results.parquet", "summary.csv", "report.html")
 
 
 # ---------------------------------------------------------------- tables
@@ -75,42 +83,95 @@ def build_table(rows: list[dict[str, Any]], order: list[str] | None = None) -> p
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
+def write_parquet(table: pa.Table, path: Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_write(path, "wb") as fh:
         pq.write_table(table, fh, compression="zstd")
 
 
+# ---------------------------------------------------------------- the directory lock
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold DIR/.kdumpsim.lock (flock) while a sweep writes DIR: a second sweep
+    on the same directory is refused instead of mixing or deleting its rows.
+    The kernel drops the lock when the process ends, however it ends."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise ConfigError(str(out), "", f"another kdumpsim sweep{f' (pid {holder})' if holder.isdigit() else ''}"
+                              " is writing to this directory; wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- part files
 class PartStore:
-    """DIR/parts/*.parquet: what has been run so far."""
+    """DIR/parts/*.parquet: what has been run so far. Each part carries the
+    identity of the sweep that wrote it (experiment, models, code, seed)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, identity: str = ""):
         self.out = Path(out)
         self.parts = self.out / "parts"
+        self.identity = identity
 
     def files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet"))
 
-    def done(self) -> set[tuple[int, int]]:
-        """(point, replicate) of every run saved."""
+    def _read(self, f: Path, columns: list[str] | None = None) -> pa.Table:
+        """One part, checked: readable Parquet, with our columns and our identity."""
+        try:
+            meta = pq.read_schema(f).metadata or {}
+            names = pq.read_schema(f).names
+            missing = [c for c in ("point", "replicate", "seed") if c not in names]
+            if missing:
+                raise ConfigError(str(f), "", f"not a part file of a sweep (no column {missing[0]!r}); "
+                                  "remove it, then run again with --resume")
+            table = pq.read_table(f, columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise ConfigError(str(f), "", f"damaged part file ({str(e).splitlines()[0][:200]}); remove it, then "
+                              "run again with --resume (its runs are run again)") from None
+        ident = meta.get(IDENTITY_KEY, b"").decode("ascii", "replace")
+        if self.identity and ident != self.identity:
+            raise ConfigError(str(f), "", "written by another sweep (other experiment, model, seed or kdumpsim "
+                              f"code: identity {ident[:12] or 'none'} != {self.identity[:12]}); its rows would "
+                              "not match: run without --resume to start afresh, or use another --out")
+        return table
+
+    def done(self, check: Callable[[int, int, int], str | None] | None = None) -> set[tuple[int, int]]:
+        """(point, replicate) of every run saved; `check(point, replicate, seed)`
+        says what is wrong with a row that does not belong to this sweep."""
         keys: set[tuple[int, int]] = set()
         for f in self.files():
-            t = pq.read_table(f, columns=["point", "replicate"])
-            keys.update(zip(t.column("point").to_pylist(), t.column("replicate").to_pylist()))
+            t = self._read(f, columns=["point", "replicate", "seed"])
+            for point, rep, seed in zip(*(t.column(c).to_pylist() for c in ("point", "replicate", "seed"))):
+                why = check(point, rep, seed) if check else None
+                if why:
+                    raise ConfigError(str(f), "", f"row (point {point}, replicate {rep}, seed {seed}) {why}: "
+                                      "run without --resume to start afresh")
+                keys.add((point, rep))
         return keys
 
     def write(self, rows: list[dict[str, Any]]) -> Path:
         """Save one chunk's rows; the file appears whole or not at all."""
         first = min((r["point"], r["replicate"]) for r in rows)
         path = self.parts / f"part-{first[0]:06d}-{first[1]:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        write_parquet(build_table(rows), path)
+        write_parquet(build_table(rows), path, {IDENTITY_KEY: self.identity.encode()})
         return path
 
     def rows(self) -> list[dict[str, Any]]:
         """Every saved row, once per (point, replicate), sorted by them."""
         by_key: dict[tuple[int, int], dict[str, Any]] = {}
         for f in self.files():
-            for r in pq.read_table(f).to_pylist():
+            for r in self._read(f).to_pylist():
                 by_key.setdefault((r["point"], r["replicate"]), r)
         return [by_key[k] for k in sorted(by_key)]
 
@@ -306,11 +367,16 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 # ---------------------------------------------------------------- manifest
 def read_manifest(out: Path) -> dict[str, Any] | None:
+    """DIR/manifest.json if a sweep wrote it (a mapping with the experiment's
+    sha256), else None: missing, damaged, binary or someone else's file."""
     p = Path(out) / "manifest.json"
     try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(p.read_bytes()[:16 << 20].decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(data, dict) or not isinstance(data.get("experiment_sha256"), str):
+        return None
+    return data
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -329,6 +395,20 @@ def versions() -> dict[str, str]:
     import platform
     out["python"] = platform.python_version()
     return out
+
+
+def code_sha256() -> str:
+    """A digest of the simulator's code (every module but the CLI and the lab):
+    a resume after the code changed would mix two simulators' rows."""
+    import kdumpsim
+    pkg = Path(kdumpsim.__file__).parent
+    h = hashlib.sha256(kdumpsim.__version__.encode())
+    for f in sorted(pkg.rglob("*.py")):
+        rel = f.relative_to(pkg).as_posix()
+        if rel.startswith(("cli/", "lab/")):
+            continue
+        h.update(rel.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def rate_table(df: Any, by: str | list[str], capture_ok: tuple[str, ...] = ("ok", "ok_dump_corrupted")) -> Any:

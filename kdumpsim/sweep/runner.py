@@ -9,6 +9,7 @@ notebooks call `run_experiment`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -30,7 +31,9 @@ from kdumpsim.sweep.design import (
     check_layouts,
     kept,
     load_experiment,
+    models_sha256,
     point_count_text,
+    run_seed,
 )
 from kdumpsim.sweep.executors import (
     Chunk,
@@ -45,8 +48,11 @@ from kdumpsim.sweep.executors import (
 from kdumpsim.sweep.plots import draw_plots
 from kdumpsim.sweep.report_html import code_version, write_report
 from kdumpsim.sweep.results import (
+    OUTPUT_FILES,
     PartStore,
+    code_sha256,
     format_table,
+    locked,
     marginal,
     merge,
     read_manifest,
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ERROR = "error"       # outcome of a run that raised instead of finishing
+MAX_WORKERS = 256     # worker processes (README "Errors and recovery")
 
 @dataclass(frozen=True)
 class Options:
@@ -90,6 +97,9 @@ def run_experiment(experiment: str | Path | Experiment, out: str | Path | None =
     for name, value in (("--workers", workers), ("--chunk-size", chunk_size)):
         if value is not None and value < 1:
             raise ConfigError(name, "", "must be at least 1")
+    if workers is not None and workers > MAX_WORKERS:
+        raise ConfigError("--workers", "", f"{workers} is more than {MAX_WORKERS}; this machine has "
+                          f"{default_workers()} CPUs for them")
     exp = prepare(experiment)
     dest = Path(out) if out is not None else default_out(exp)
     check_vmcore_space(exp, dest)
@@ -131,15 +141,30 @@ def check_vmcore_space(exp: Experiment, out: Path) -> None:
                           "use a model with less RAM, or vmcores: none")
 
 
+def identity(exp: Experiment) -> dict[str, str]:
+    """What defines the runs of a sweep: the experiment file, every point's
+    resolved model, the simulator's code and the master seed; `identity` is
+    their digest, stamped on every part file and in the manifest."""
+    parts = {"experiment_sha256": exp.sha256, "models_sha256": models_sha256(exp), "code_sha256": code_sha256()}
+    whole = json.dumps({**parts, "master_seed": exp.spec.seed}, sort_keys=True)
+    return {**parts, "identity": hashlib.sha256(whole.encode()).hexdigest()}
+
+
 def _run(exp: Experiment, out: Path, opts: Options) -> SweepResult:
-    store = PartStore(out)
-    started = _prepare(exp, out, store, opts.resume)
-    done = store.done()
+    with locked(out):
+        return _run_locked(exp, out, opts)
+
+
+def _run_locked(exp: Experiment, out: Path, opts: Options) -> SweepResult:
+    ident = identity(exp)
+    store = PartStore(out, ident["identity"])
+    started = _prepare(exp, out, store, opts.resume, ident)
+    done = store.done(_row_check(exp))
     todo = [r for r in exp.runs() if (r.point, r.replicate) not in done]
     total = len(exp.points) * exp.spec.replicates
     if done:
         print(f"resuming: {len(done)} of {total} runs already in {store.parts}", file=sys.stderr)
-    manifest = _manifest(exp, out, opts, started, status="running", runs=len(done))
+    manifest = _manifest(exp, out, opts, started, status="running", runs=len(done), **ident)
     _write_manifest(out, manifest)
     vmcore_dir = str((out / "vmcores").resolve()) if exp.spec.vmcores == "first" else None
     t0 = time.monotonic()
@@ -153,21 +178,46 @@ def _run(exp: Experiment, out: Path, opts: Options) -> SweepResult:
     return _finish(exp, out, store, manifest, len(todo), time.monotonic() - t0)
 
 
-def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool) -> str:
-    """Check a --resume continues the same experiment; else start afresh.
-    Returns the start time to record (the first session's when resuming)."""
+def _row_check(exp: Experiment):
+    """What is wrong with a saved row for this experiment (None: it belongs)."""
+    def check(point: int, replicate: int, seed: int) -> str | None:
+        if not (isinstance(point, int) and 0 <= point < len(exp.points)):
+            return f"names a point this experiment does not have (it has {len(exp.points)})"
+        if not (isinstance(replicate, int) and 0 <= replicate < exp.spec.replicates):
+            return f"names a replicate this experiment does not have (it has {exp.spec.replicates})"
+        want = run_seed(exp.spec.seed, exp.points[point], replicate)
+        if seed != want:
+            return f"has another seed than this experiment gives that run ({want})"
+        return None
+    return check
+
+
+def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: dict[str, str]) -> str:
+    """Check a --resume continues the same experiment; else start afresh
+    (deleting only what an earlier sweep wrote). Returns the start time to
+    record (the first session's when resuming)."""
     now = _now()
     previous = read_manifest(out)
+    for stale in (out / "vmcores").glob(".point-*.part"):   # a temporary of a killed sweep (no O_TMPFILE)
+        stale.unlink(missing_ok=True)
     if resume:
         store.clean_temporaries()
-        if previous and previous.get("experiment_sha256") != exp.sha256 and store.files():
-            raise ConfigError(exp.source, "", f"changed since the run in {out} started (sha256 "
-                              f"{previous.get('experiment_sha256', '?')[:12]}... != {exp.sha256[:12]}...): "
-                              "its saved runs would not match; run without --resume to start afresh")
-        return previous.get("started", now) if previous else now
+        if previous and store.files():
+            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", "the model"),
+                              ("code_sha256", "kdumpsim's code")):
+                before = previous.get(key)
+                if isinstance(before, str) and before != ident[key]:
+                    raise ConfigError(exp.source, "", f"{what} changed since the run in {out} started ({key} "
+                                      f"{before[:12]}... != {ident[key][:12]}...): its saved runs would not "
+                                      "match; run without --resume to start afresh")
+        return str(previous.get("started", now)) if previous else now
+    ours = [out / f for f in OUTPUT_FILES if (out / f).exists()] + store.files() + \
+        sorted((out / "vmcores").glob("point-*.vmcore"))
+    if ours and previous is None:
+        raise ConfigError(str(out), "", f"holds {ours[0].name} but no manifest.json of a kdumpsim sweep: kdumpsim "
+                          "deletes only what it wrote; choose another --out (or remove the old results)")
     removed = store.clear() if store.parts.exists() else 0
-    for stale in [out / "results.parquet", out / "summary.csv", out / "report.html",
-                  *(out / "vmcores").glob("point-*.vmcore")]:
+    for stale in [out / f for f in OUTPUT_FILES] + sorted((out / "vmcores").glob("point-*.vmcore")):
         stale.unlink(missing_ok=True)
     if removed:
         print(f"starting afresh: removed {removed} part files of an earlier run in {store.parts} "
