@@ -27,7 +27,7 @@ def test_too_many_ram_ranges() -> None:
 
 def test_too_many_devices() -> None:
     raw = copy.deepcopy(PAPER)
-    raw["devices"] = [dict(raw["devices"][0], name=f"eth{i}", descriptors=1) for i in range(MAX_DEVICES + 1)]
+    raw["devices"] = [dict(raw["devices"][0], name=f"eth{i}", descriptors=3) for i in range(MAX_DEVICES + 1)]
     with pytest.raises(ConfigError, match=f"at most {MAX_DEVICES} are simulated"):
         model_from_dict(raw)
 
@@ -35,7 +35,7 @@ def test_too_many_devices() -> None:
 def test_as_many_devices_as_allowed_run() -> None:
     from kdumpsim.measure import simulate
     raw = copy.deepcopy(PAPER)
-    raw["devices"] = [dict(raw["devices"][0], name=f"eth{i}", descriptors=1, packet_rate=10, start="10s")
+    raw["devices"] = [dict(raw["devices"][0], name=f"eth{i}", descriptors=3, packet_rate=10, start="10s")
                       for i in range(MAX_DEVICES)]
     assert simulate(model_from_dict(raw), 0).outcome
 
