@@ -220,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_summary(run, outcomes: dict[str, str]) -> str:
+    from kdumpsim.measure.report import assumptions
     m = run.metrics
     lines = [f"model      {run.machine.cfg.name} (seed {run.seed})",
              f"outcome    {run.outcome}: {outcomes[run.outcome]}",
@@ -243,6 +244,12 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     for region, r in changed_regions:
         who = ", ".join(f"{w} wrote {v['bytes']} B" for w, v in r["writers"].items())
         lines.append(f"changed    {region}: {r['bytes']} bytes changed in {r['pages']} pages ({who})")
+    for name, d in m["dma"].items():
+        stop = f"stopped at {d['stopped_ns'] / 1e9:.6f} s ({d['stop_reason']})" if d["stopped_ns"] is not None \
+            else "never stopped"
+        lines.append(f"dma        {name} ({d['kind']}, {d['placement']}): {d['writes']} writes, "
+                     f"{d['faults']} faults, {d['to_nowhere']} to no RAM; {stop}")
+    lines += [f"assumes    {a}" for a in assumptions(run)]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "era": m.era,
         "design": m.cfg.design,
         "outcome": run.outcome,
+        "assumptions": assumptions(run),
         "metrics": run.metrics,
         "cpus": [{"id": c.id, "pid": c.pid, "answer": c.answer, "state": c.state,
                   "note_addr": c.note_addr, "saved_ns": c.saved_at,
@@ -58,3 +59,26 @@ def _vmcore_summary(run: CrashRun) -> dict[str, Any] | None:
 def dumps(report: dict[str, Any]) -> str:
     """Canonical JSON: sorted keys, so the same run gives the same bytes."""
     return json.dumps(report, indent=2, sort_keys=True) + "\n"
+
+
+def assumptions(run: CrashRun) -> list[str]:
+    """What this run's answer rests on that no source gives (named, so a reader can weigh it)."""
+    cfg = run.machine.cfg
+    out = ["capture kernel timing: boot, IOMMU init, driver probes and vmcore_init at fixed times "
+           f"({cfg.timing.capture_boot / 1e9:g} s, {cfg.timing.iommu_init / 1e9:g} s, {cfg.timing.driver_init / 1e9:g} s, "
+           f"{cfg.timing.vmcore_init / 1e9:g} s after the jump), not yet from a measured profile"]
+    kinds = {e.kind for e in run.engines}
+    modes = {e.spec.placement.mode for e in run.engines}
+    if "storage" in kinds:
+        out.append("NVMe completion latency: a lognormal from a median and a 99.9th percentile; "
+                   "HMB written 4 KiB every 1 ms until reset")
+    if "stale" in modes or "wild" in modes:
+        out.append("stale/wild DMA: a scenario (where and when are given by the model), not a measured rate")
+    if any(e.spec.iova_in_use for e in run.engines):
+        out.append("IOVA space in use by the device's other live mappings: given by the model (iova_in_use)")
+    if run.machine.cma is not None:
+        out.append("CMA area: placed top-down, 4 MiB aligned; passed to the capture kernel and left out of the "
+                   "dump as kexec_file_load does, while the rest of the layout is kexec_load's")
+    if run.machine.era == "2005" and "nic_rx_ring" in kinds:
+        out.append("2.6.13 e1000 RX buffers: one slab object per page")
+    return out
