@@ -36,8 +36,8 @@ replicates: 1
 axes:
   - name: window
     linked:
-      - {{label: log, devices.cap0.placement: {{mode: range, start: 0x2d04000, end: 0x2da0000}}}}
-      - {{label: anywhere, devices.cap0.placement: {{mode: random}}}}
+      - {{label: log, devices.cap0.placement: {{mode: stale, start: 0x2d04000, end: 0x2da0000}}}}
+      - {{label: anywhere, devices.cap0.placement: {{mode: allocator}}}}
   - {{name: dma_start, key: devices.cap0.start, values: [50ms, 13s]}}
 analyse: true
 """

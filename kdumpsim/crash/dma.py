@@ -109,9 +109,9 @@ class DmaEngine:
             assert m.cma is not None
             addr = RandomPlacer([m.cma], m.taken).place(self.rng, size, align)
             where = "the CMA area"
-        else:   # stale: programmed before this kernel's allocator existed; anywhere in RAM
+        else:   # stale: programmed before this kernel's allocator existed; anywhere in RAM, page aligned
             space = [(max(s, p.start), min(e, p.end, limit)) for s, e in m.ram_ranges]
-            addr = RandomPlacer(space, self._stale).place(self.rng, size, align)
+            addr = RandomPlacer(space, self._stale).place(self.rng, size, PAGE)
             where = f"System RAM in {p.start:#x}-{p.end:#x}"
         if addr is None:
             hint = (" (the reservation, the kernel and the low 1 MiB are not the allocator's; use mode: stale "

@@ -72,6 +72,10 @@ METRIC_TEXT = {   # metric -> (what it is, axis / colour bar label)
     "filter_ok": ("makedumpfile filtering works", "share of runs makedumpfile -d 31 filters"),
     "filter_exact": ("Filtered dump exact", "share of runs whose filtered dump is exact"),
     "pagetables_ok": ("Page tables walk", "share of runs whose page tables walk"),
+    "cma_hit_after_jump": ("DMA into the capture kernel's CMA memory after the jump",
+                           "share of runs with such a write"),
+    "cma_bytes_after_jump": ("Bytes DMA wrote into CMA memory after the jump", "bytes"),
+    "cpus_note_overwritten": ("CPUs whose crash note DMA overwrote", "CPUs"),
 }
 
 
