@@ -62,7 +62,7 @@ def test_diff_names_the_first_difference_and_what_moved() -> None:
     before = _events()
     after = [Event(e.time + 12_300 if e.actor == "purgatory" else e.time, e.actor, e.kind, e.details)
              for e in before]
-    after.insert(5, Event(60_000, "nic0", "dma_write", {"addr": 0x2000, "bytes": 64, "region": "first_kernel_ram"}))
+    after.insert(5, Event(60_000, "nic0", "dma_write", {"addr": 0x2000, "bytes": 64, "region": "initrd"}))
     after.insert(6, Event(70_000, "nic0", "dma_write", {"addr": 0x3000, "bytes": 64, "region": "kernel"}))
     report = golden.diff(_golden(before, {"purgatory_start": 1_072_000}),
                          _golden(after, {"purgatory_start": 1_084_300}, outcome="capture_kernel_corrupted"))
@@ -114,3 +114,13 @@ def test_regen_then_check_round_trips(tmp_path, monkeypatch) -> None:
     report = golden.check_case(golden.cases()[0], golden_dir=tmp_path)
     assert report and f"first difference at event {i - 1}:" in report
     assert "1 event moved (largest -1 ns: cpu" in report
+
+
+def test_a_burst_of_writes_is_one_record_and_still_digested() -> None:
+    burst = [Event(1000 + 5 * i, "nvme0", "dma_write", {"addr": 0x10000 + 4096 * i, "bytes": 4096,
+                                                        "region": "first_kernel_ram"}) for i in range(4)]
+    records, digest = golden.timeline_records(burst)
+    assert records == [{"time_ns": 1000, "actor": "nvme0", "kind": "dma_write", "region": "first_kernel_ram",
+                        "writes": 4, "until_ns": 1015}]
+    moved = [Event(e.time, e.actor, e.kind, {**e.details, "addr": e.details["addr"] + 4096}) for e in burst]
+    assert golden.timeline_records(moved)[1] != digest      # where the pages went still counts

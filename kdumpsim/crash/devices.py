@@ -24,7 +24,7 @@ import simpy
 
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, NicRxRing, StorageController, VirtioNet
-from kdumpsim.crash.dma import PAGE, DmaEngine, payload
+from kdumpsim.crash.dma import PAGE, Buffer, DmaEngine, payload
 from kdumpsim.machine.ranges import align_up
 from kdumpsim.units import NS_PER_S, parse_duration
 
@@ -70,9 +70,34 @@ def _interarrival(engine: DmaEngine, rate: float) -> int:
     return round(engine.rng.expovariate(rate) * NS_PER_S)
 
 
-class E1000Rx(DmaEngine):
-    kind = "nic_rx_ring"
+class RxNic(DmaEngine):
+    """A NIC receiving into the buffers its dead driver posted: a packet fills
+    the next owned buffer of the queue RSS picks, then the NIC reports it."""
+
     finished = "ring_exhausted"
+    header = 0                   # bytes the NIC writes before the frame
+    spec: NicRxRing | VirtioNet
+    posted: list[int]
+    queue_buffers: list[list[Buffer]]
+
+    def traffic(self) -> Generator:
+        s = self.spec
+        queues = RxQueues(self, self.posted)
+        size = min(self.header + s.packet_size, s.buffer_size)
+        while not queues.exhausted:
+            yield self.run.env.timeout(_interarrival(self, s.packet_rate))
+            q, slot = queues.next()
+            if slot is None:
+                continue            # that queue has no buffer left: the NIC drops the packet
+            yield from self.write(self.queue_buffers[q][slot], 0, payload(self.rng, size))
+            yield from self.report(q, slot, size)
+
+    def report(self, queue: int, slot: int, size: int) -> Generator:
+        raise NotImplementedError
+
+
+class E1000Rx(RxNic):
+    kind = "nic_rx_ring"
     spec: NicRxRing
 
     def place(self) -> None:
@@ -95,18 +120,10 @@ class E1000Rx(DmaEngine):
             self.buffers += bufs
         self.trace_mapped()
 
-    def traffic(self) -> Generator:
-        s, queues = self.spec, RxQueues(self, self.posted)
-        size = min(s.packet_size, s.buffer_size)
-        while not queues.exhausted:
-            yield self.run.env.timeout(_interarrival(self, s.packet_rate))
-            q, slot = queues.next()
-            if slot is None:
-                continue            # that queue has no buffer left: the NIC drops the packet
-            yield from self.write(self.queue_buffers[q][slot], 0, payload(self.rng, size))
-            # Write-back: the descriptor's second 8 bytes, length and status DD|EOP (struct e1000_rx_desc).
-            wb = struct.pack("<HHBBH", size, 0, 0x03, 0, 0)
-            yield from self.write(self.rings[q], slot * D.RX_DESCRIPTOR_BYTES + 8, wb)
+    def report(self, queue: int, slot: int, size: int) -> Generator:
+        """Write-back: the descriptor's second 8 bytes, length and status DD|EOP (struct e1000_rx_desc)."""
+        wb = struct.pack("<HHBBH", size, 0, 0x03, 0, 0)
+        yield from self.write(self.rings[queue], slot * D.RX_DESCRIPTOR_BYTES + 8, wb)
 
 
 def _frag_size(rx_buffer_len: int) -> int:
@@ -114,9 +131,9 @@ def _frag_size(rx_buffer_len: int) -> int:
     return align_up(rx_buffer_len + D.E1000_HEADROOM, 64) + D.SKB_SHARED_INFO
 
 
-class VirtioNetRx(DmaEngine):
+class VirtioNetRx(RxNic):
     kind = "virtio_net"
-    finished = "ring_exhausted"
+    header = 12                  # struct virtio_net_hdr_mrg_rxbuf, then the frame
     spec: VirtioNet
 
     def place(self) -> None:
@@ -137,20 +154,13 @@ class VirtioNetRx(DmaEngine):
         self.used_idx = [self.rng.randrange(1 << 16) for _ in range(s.queues)]
         self.trace_mapped()
 
-    def traffic(self) -> Generator:
-        s, queues = self.spec, RxQueues(self, self.posted)
-        size = min(12 + s.packet_size, s.buffer_size)       # virtio_net_hdr_mrg_rxbuf, then the frame
-        while not queues.exhausted:
-            yield self.run.env.timeout(_interarrival(self, s.packet_rate))
-            q, slot = queues.next()
-            if slot is None:
-                continue
-            yield from self.write(self.queue_buffers[q][slot], 0, payload(self.rng, size))
-            idx = self.used_idx[q]
-            elem = self.used_offset + 4 + D.VIRTIO_USED_ELEM_BYTES * (idx % s.queue_size)
-            yield from self.write(self.rings[q], elem, struct.pack("<II", slot, size))
-            self.used_idx[q] = (idx + 1) & 0xFFFF
-            yield from self.write(self.rings[q], self.used_offset + 2, struct.pack("<H", self.used_idx[q]))
+    def report(self, queue: int, slot: int, size: int) -> Generator:
+        """The used ring: an element (id, len), then used->idx."""
+        idx = self.used_idx[queue]
+        elem = self.used_offset + 4 + D.VIRTIO_USED_ELEM_BYTES * (idx % self.spec.queue_size)
+        yield from self.write(self.rings[queue], elem, struct.pack("<II", slot, size))
+        self.used_idx[queue] = (idx + 1) & 0xFFFF
+        yield from self.write(self.rings[queue], self.used_offset + 2, struct.pack("<H", self.used_idx[queue]))
 
 
 class NvmeController(DmaEngine):

@@ -70,7 +70,8 @@ def _line(d: dict[str, Any]) -> str:
 
 def timeline_records(events: Iterable[Event]) -> tuple[list[dict[str, Any]], str]:
     """(one dict per event without the bulky details, digest of what was dropped)."""
-    records, h = [], hashlib.sha256()
+    records: list[dict[str, Any]] = []
+    h = hashlib.sha256()
     for e in events:
         details = dict(e.details)
         dropped = DIGESTED_KINDS.get(e.kind, ())
@@ -78,8 +79,21 @@ def timeline_records(events: Iterable[Event]) -> tuple[list[dict[str, Any]], str
             h.update(_line({"t": e.time, "a": e.actor, **{k: details.get(k) for k in dropped}}).encode())
             for k in dropped:
                 details.pop(k, None)
-        records.append({"time_ns": e.time, "actor": e.actor, "kind": e.kind, **_plain(details)})
+        rec = {"time_ns": e.time, "actor": e.actor, "kind": e.kind, **_plain(details)}
+        prev = records[-1] if records else None
+        if dropped and prev is not None and _same_burst(prev, rec):
+            prev["writes"] = prev.get("writes", 1) + 1      # one record for a burst (an NVMe command's pages)
+            prev["until_ns"] = e.time
+            continue
+        records.append(rec)
     return records, h.hexdigest()
+
+
+def _same_burst(prev: dict[str, Any], rec: dict[str, Any]) -> bool:
+    """Consecutive events of one actor that differ only in time (the digest keeps each one)."""
+    def key(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in ("time_ns", "until_ns", "writes")}
+    return key(prev) == key(rec)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
