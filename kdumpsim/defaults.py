@@ -77,7 +77,13 @@ KEXEC_LOAD_TIME = "-1s"           # kexec -p ran at boot; only "before the panic
 
 # Capture kernel images (assumption, sizes typical of each era).
 CAPTURE_KERNEL_SIZE_2005 = 4 * MiB    # a 2.6.12 vmlinux
-CAPTURE_KERNEL_SIZE_MODERN = 12 * MiB  # a 6.x bzImage
+# Debian's linux-image-6.1.0-56-amd64 (6.1.192-2) vmlinuz, read with
+# kdumpsim.formats.bzimage: 0x7dd200 bytes, of which 0x7d8200 are the
+# protected-mode kernel kexec loads (bufsz) into a segment of init_size
+# 0x3f98000 (63.6 MiB, memsz), 2 MiB aligned (docs/SOURCES.md §1).
+CAPTURE_KERNEL_SIZE_MODERN = 0x7D8200
+CAPTURE_KERNEL_INIT_SIZE_MODERN = 0x3F98000
+CAPTURE_KERNEL_ALIGN_MODERN = 2 * MiB
 INITRD_SIZE_2005 = 2 * MiB
 INITRD_SIZE_MODERN = 28 * MiB          # kdump initramfs (docs/SOURCES.md §10)
 PURGATORY_SIZE = 16 * KiB

@@ -70,7 +70,7 @@ class Case:
         return MODELS / f"{self.model}.yaml"
 
 
-MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "cpus.count=6", "cpus.panic_cpu=1",
+MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M", "cpus.count=6", "cpus.panic_cpu=1",
           "cpus.unresponsive={3: hung}")
 CASES = {
     # seed 1: crashkernel placed by the kernel (top of the low 4 GiB); idle CPUs share pid 0.

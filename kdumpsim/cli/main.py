@@ -272,6 +272,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"reservation {m.describe_reservation()}")
     for s in image.segments:
         print(f"  {s.name:<11} {s.start:#014x}-{s.end - 1:#014x}  {s.memsz:>10} bytes")
+    need = sum(s.memsz for s in image.segments)
+    parts = ", ".join(f"{s.name} {s.memsz / 2**20:.1f}M" for s in sorted(image.segments, key=lambda s: -s.memsz))
+    print(f"needs      at least {need / 2**20:.1f}M for the segments ({parts}); the capture kernel's own "
+          "memory at run time (unpacked initramfs, slab, the dump tool) is not counted yet")
     print(f"cmdline {image.cmdline}")
     return 0
 

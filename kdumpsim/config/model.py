@@ -368,7 +368,9 @@ CAPTURE_DRIVER_DEFAULT = {"nic_rx_ring": False, "virtio_net": False, "cyclic": F
 
 class KexecSpec(Strict):
     crashkernel: Annotated[str, BeforeValidator(_text)] = "32M@16M"
-    capture_kernel_size: Size | None = None
+    capture_kernel_size: Size | None = None       # the kernel file kexec loads (a bzImage's protected-mode part)
+    capture_kernel_init_size: Size | None = None  # the memory it needs (setup header init_size): the segment's memsz
+    capture_kernel_image: str | None = None       # a real vmlinuz: both sizes read from its setup header
     initrd_size: Size | None = None
     append: str | None = None
     elf_core_headers: Literal["elf64", "elf32"] = "elf64"
@@ -442,8 +444,12 @@ class ModelConfig(Strict):
 def _fill_era_defaults(m: ModelConfig) -> None:
     modern = m.era == "modern"
     k, t, topo = m.kexec, m.timing, m.topology
-    if k.capture_kernel_size is None:
+    if k.capture_kernel_size is None and k.capture_kernel_image is None:
         k.capture_kernel_size = D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005
+        if k.capture_kernel_init_size is None and modern:
+            k.capture_kernel_init_size = D.CAPTURE_KERNEL_INIT_SIZE_MODERN
+    if k.capture_kernel_init_size is None and k.capture_kernel_size is not None:
+        k.capture_kernel_init_size = k.capture_kernel_size     # a vmlinux, or a kernel given by its size only
     if k.initrd_size is None:
         k.initrd_size = D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005
     if k.append is None:
@@ -527,6 +533,14 @@ def _check_consistency(m: ModelConfig) -> None:
                                                              "user pages of storage I/O (kind: storage) with "
                                                              "kexec.crashkernel_cma set")
     k = m.kexec
+    if k.capture_kernel_image is not None:
+        if m.era != "modern" or m.arch != "x86_64":
+            raise _FieldError("kexec.capture_kernel_image", "a vmlinuz (bzImage) is read for modern x86_64 "
+                                                            "models; give capture_kernel_size for others")
+        given = [f for f in ("capture_kernel_size", "capture_kernel_init_size") if getattr(k, f) is not None]
+        if given:
+            raise _FieldError(f"kexec.{given[0]}", "give either capture_kernel_image or the sizes, not both: "
+                                                   "the image's setup header says both")
     if k.elf_core_headers == "elf32" and m.arch == "x86_64":
         raise _FieldError("kexec.elf_core_headers", "elf32 core headers are for i386 only; use elf64 on x86_64")
     if k.elf_core_headers == "elf32" and m.memory.iomem[-1].end >= 1 << 32:
@@ -788,7 +802,11 @@ def load_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 shown = text if len(text) <= 80 else text[:77] + "..."
                 raise ConfigError(str(path), e.field, f"--set {shown}: {e.message}") from None
         _check_shape(raw, str(path))
-    return validate_model(raw, str(path))
+    model = validate_model(raw, str(path))
+    image = model.kexec.capture_kernel_image
+    if image is not None and not Path(image).is_absolute():
+        model.kexec.capture_kernel_image = str(Path(path).parent / image)     # relative to the model file
+    return model
 
 
 def model_from_dict(raw: dict, source: str = "<model>", overrides: dict[str, Any] | None = None) -> ModelConfig:

@@ -192,10 +192,10 @@ class NvmeController(DmaEngine):
     def traffic(self) -> Generator:
         """The commands complete; the controller keeps using its HMB until it is reset."""
         commands = self.run.env.process(self._commands())
+        self.children.append(commands)          # stopped with the device
         if not self.hmb:
             yield commands
             return
-        self.children.append(commands)
         env, period = self.run.env, parse_duration(D.NVME_HMB_PERIOD)
         while True:
             chunk = self.rng.choice(self.hmb)

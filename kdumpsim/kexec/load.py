@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from kdumpsim import defaults as D
 from kdumpsim.errors import LayoutError
 from kdumpsim.formats import elf
+from kdumpsim.machine.crashkernel import capture_kernel_image
 from kdumpsim.machine.ranges import FreeRanges, RandomPlacer, align_up
 from kdumpsim.units import KiB, MiB, fmt_size, parse_duration
 
@@ -110,7 +111,8 @@ def _layout_2005(machine: Machine) -> KexecImage:
         segs[name] = Segment(name, start, memsz, data, hashed=name != "purgatory")
         return segs[name]
 
-    ksize, isize = cfg.kexec.capture_kernel_size, cfg.kexec.initrd_size
+    kernel, isize = capture_kernel_image(cfg), cfg.kexec.initrd_size
+    ksize = kernel.size
     backup_src = backup_source(machine, D.BACKUP_SIZE_2005) if cfg.kexec.backup else None
     kernel_data, purg_data = image_bytes("kernel", ksize), image_bytes("purgatory", D.PURGATORY_SIZE)
 
@@ -126,7 +128,8 @@ def _layout_2005(machine: Machine) -> KexecImage:
         add("elfcorehdr", _elfcorehdr_memsz(), D.ELFCOREHDR_ALIGN, True)
         add("purgatory", D.PURGATORY_SIZE, 16, True, purg_data)
         add("params", D.PARAMS_SIZE, 16, True)
-        add("kernel", ksize, 2 * MiB, True, kernel_data)
+        # bzImage64: the protected-mode kernel in a segment of memsz init_size, kernel_alignment aligned.
+        add("kernel", kernel.memsz, kernel.align, True, kernel_data)
         if isize:
             add("initrd", isize, D.PAGE_SIZE, True, image_bytes("initrd", isize), lo=16 * MiB)
     else:
@@ -206,7 +209,7 @@ def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
 
 def _too_small(machine: Machine, what: str, need: int) -> None:
     k = machine.cfg.kexec
-    total = (k.capture_kernel_size or 0) + (k.initrd_size or 0) + D.PURGATORY_SIZE + D.PARAMS_SIZE \
+    total = capture_kernel_image(machine.cfg).memsz + (k.initrd_size or 0) + D.PURGATORY_SIZE + D.PARAMS_SIZE \
         + D.ELFCOREHDR_MIN_MEMSZ + D.BACKUP_SIZE_2005
     hint = (f"; the segments need about {-(-total // MiB)}M in all, ask for more"
             if machine.cfg.design != "2004" else "")

@@ -10,10 +10,12 @@ ever land in it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.errors import LayoutError
+from kdumpsim.formats.bzimage import BzImage, BzImageError, read_bzimage
 from kdumpsim.machine.ranges import FreeRanges
 from kdumpsim.units import MiB, fmt_size, parse_size
 
@@ -124,10 +126,16 @@ def _what_is_at(machine: Machine, start: int, end: int) -> str:
 
 
 def reserve_crashkernel(machine: Machine) -> Reservation:
-    """Place the reservation as the kernel does, or explain why it cannot."""
+    """Place the reservation as the kernel does, or explain why it cannot;
+    then check that what kexec must load fits in it."""
+    reservation = _place(machine)
+    check_segments_fit(machine.cfg, reservation.size)
+    return reservation
+
+
+def _place(machine: Machine) -> Reservation:
     spec = machine.cfg.kexec.crashkernel
     size, base = parse_crashkernel(spec, machine.ram_total)
-    check_segments_fit(machine.cfg, size)
     if base is not None:
         # reserve_crashkernel: memblock_phys_alloc_range(size, SZ_1M, base, base + size)
         if base % MiB:
@@ -164,22 +172,53 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
                       f"range is {largest / MiB:.1f} MiB, ask for less")
 
 
-def check_segments_fit(m: ModelConfig, size: int) -> None:
-    """The capture kernel and initrd must fit the reservation (checked before their bytes exist)."""
+@dataclass(frozen=True)
+class KernelImage:
+    """The capture kernel as kexec loads it: `size` bytes into a segment of `memsz`."""
+    size: int
+    memsz: int
+    align: int
+    source: str            # where the sizes come from
+
+
+@lru_cache(maxsize=16)
+def _read_image(path: str) -> BzImage:
+    try:
+        return read_bzimage(path)
+    except OSError as e:
+        raise LayoutError("kexec.capture_kernel_image", f"{path}: {e.strerror or e}") from None
+    except BzImageError as e:
+        raise LayoutError("kexec.capture_kernel_image", f"{path}: {e}") from None
+
+
+def capture_kernel_image(m: ModelConfig) -> KernelImage:
+    """The kernel segment's sizes: from a real vmlinuz's setup header, or the model's."""
     k = m.kexec
-    need = (k.capture_kernel_size or 0) + (k.initrd_size or 0)
+    if k.capture_kernel_image is not None:
+        bz = _read_image(k.capture_kernel_image)
+        return KernelImage(bz.payload_size, bz.init_size, max(bz.kernel_alignment, D.PAGE_SIZE), k.capture_kernel_image)
+    assert k.capture_kernel_size is not None and k.capture_kernel_init_size is not None
+    align = D.CAPTURE_KERNEL_ALIGN_MODERN if m.era == "modern" else D.PAGE_SIZE
+    return KernelImage(k.capture_kernel_size, max(k.capture_kernel_init_size, k.capture_kernel_size), align, "model")
+
+
+def check_segments_fit(m: ModelConfig, size: int) -> None:
+    """The capture kernel (its memsz: init_size for a bzImage) and initrd must
+    fit the reservation (checked before their bytes exist)."""
+    k, kernel = m.kexec, capture_kernel_image(m)
+    need = kernel.memsz + (k.initrd_size or 0)
     if need > size and m.design != "2004":
         modern = m.era == "modern"
         field = "kexec.crashkernel"     # unless a size the user gave is the one that is too big
-        if k.capture_kernel_size != (D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005) \
-                and k.capture_kernel_size > size // 2:
+        if k.capture_kernel_size is not None and kernel.size > size // 2 and \
+                k.capture_kernel_size != (D.CAPTURE_KERNEL_SIZE_MODERN if modern else D.CAPTURE_KERNEL_SIZE_2005):
             field = "kexec.capture_kernel_size"
         elif k.initrd_size != (D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005) and k.initrd_size > size // 2:
             field = "kexec.initrd_size"
-        raise LayoutError(field, f"the capture kernel ({fmt_size(k.capture_kernel_size)}) and initrd "
+        raise LayoutError(field, f"the capture kernel ({fmt_size(kernel.memsz)} once it runs: init_size) and initrd "
                                  f"({fmt_size(k.initrd_size)}) do not fit in crashkernel={k.crashkernel} "
                                  f"({fmt_size(size)}); make them smaller or the reservation larger")
-    if m.design == "2004" and max(k.capture_kernel_size or 0, k.initrd_size or 0) > D.BACKUP_SIZE_2004:
-        field = "kexec.capture_kernel_size" if (k.capture_kernel_size or 0) > D.BACKUP_SIZE_2004 else "kexec.initrd_size"
+    if m.design == "2004" and max(kernel.memsz, k.initrd_size or 0) > D.BACKUP_SIZE_2004:
+        field = "kexec.capture_kernel_size" if kernel.memsz > D.BACKUP_SIZE_2004 else "kexec.initrd_size"
         raise LayoutError(field, "the 2004 design runs the capture kernel and initrd in the first 16 MiB; "
                                  f"{fmt_size(getattr(k, field.split('.')[1]))} does not fit")
