@@ -286,6 +286,8 @@ class NicRxRing(DeviceBase):
     buffer_size: Size = D.E1000_RX_BUFFER_LEN         # rx_buffer_len: the most the device writes per buffer
     packet_size: Size = 1514
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+    # Poisson arrivals, or evenly spaced at packet_rate (a paced sender, as the lab's)
+    arrivals: Literal["poisson", "periodic"] = "poisson"
 
     @model_validator(mode="after")
     def _sizes(self) -> NicRxRing:
@@ -309,6 +311,8 @@ class VirtioNet(DeviceBase):
     buffer_size: Size = D.VIRTIO_RX_BUFFER
     packet_size: Size = 1514
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+    # Poisson arrivals, or evenly spaced at packet_rate (a paced sender, as the lab's)
+    arrivals: Literal["poisson", "periodic"] = "poisson"
     virtio_pci: bool = True    # the capture kernel loads virtio_pci (for a virtio dump disk): it resets this device
 
     @model_validator(mode="after")

@@ -66,7 +66,9 @@ class RxQueues:
 
 
 def _interarrival(engine: DmaEngine, rate: float) -> int:
-    """Poisson arrivals at `rate` packets/s."""
+    """Poisson arrivals at `rate` packets/s, or evenly spaced ones (`arrivals: periodic`)."""
+    if getattr(engine.spec, "arrivals", "poisson") == "periodic":
+        return round(NS_PER_S / rate)
     return round(engine.rng.expovariate(rate) * NS_PER_S)
 
 

@@ -4,6 +4,8 @@
     python -m kdumpsim.lab run SCENARIO.yaml [--out RUNDIR] [--discard-dumps]
     python -m kdumpsim.lab measure RUNDIR
     python -m kdumpsim.lab table RUNDIR...      (a markdown table of result.json files)
+    python -m kdumpsim.lab predict RUNDIR [--timing run|profile] [--seed N]
+    python -m kdumpsim.lab compare RUNDIR... [--summary]   (exit 1: a figure outside its tolerance)
 
 Errors the user can fix (a missing tool, a bad scenario, a guest that did not
 reach a marker) print one line and exit with status 2.
@@ -37,7 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     p_meas.add_argument("rundir", type=Path)
     p_tab = sub.add_parser("table", help="markdown table of measured results (result.json of run dirs)")
     p_tab.add_argument("rundirs", type=Path, nargs="+")
+    p_pred = sub.add_parser("predict", help="export the run's machine as a kdumpsim model (RUNDIR/model.yaml) "
+                                            "and simulate it (RUNDIR/predicted.json)")
+    p_pred.add_argument("rundir", type=Path)
+    p_pred.add_argument("--timing", choices=("run", "profile"), default="run",
+                        help="phase times from the run itself (default) or from the lab's timing profile")
+    p_pred.add_argument("--seed", type=int, default=0)
+    p_cmp = sub.add_parser("compare", help="predicted vs measured side by side; exit 1 when a figure is "
+                                           "outside its tolerance")
+    p_cmp.add_argument("rundirs", type=Path, nargs="+")
+    p_cmp.add_argument("--predict", action="store_true", help="run predict first")
+    p_cmp.add_argument("--summary", action="store_true", help="print one markdown row per run instead")
     args = ap.parse_args(argv)
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run a parsed lab command (shared with `kdumpsim lab`)."""
     try:
         if args.cmd == "setup":
             from . import setup
@@ -71,6 +89,25 @@ def main(argv: list[str] | None = None) -> int:
             from . import measure
             result = measure.measure(args.rundir)
             print(measure.summary(result))
+        elif args.cmd == "predict":
+            from . import predict
+            predicted = predict.predict(args.rundir, seed=args.seed, timing=args.timing)
+            print((args.rundir / "model.yaml").read_text())
+            print(json.dumps({k: predicted[k] for k in ("post_panic", "dma_stop", "pages", "phases_s")}, indent=1))
+        elif args.cmd == "compare":
+            from . import compare, predict
+            if args.predict:
+                for d in args.rundirs:
+                    predict.predict(d)
+            if args.summary:
+                print(compare.summary_table(args.rundirs))
+            ok = True
+            for d in args.rundirs:
+                good, text, _ = compare.compare(d)
+                ok = ok and good
+                if not args.summary:
+                    print(text + "\n")
+            return 0 if ok else 1
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
