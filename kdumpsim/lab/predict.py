@@ -19,9 +19,14 @@ Timing, two sources:
   named runs). This is the prediction without looking at the run; compare
   checks its phase times against the run within +-30 %.
 
-The RX buffers are placed by the model's allocator (page_frag slices in
-32 KiB blocks), not at the run's measured addresses: result.json keeps only a
-sample of them. Counts and page counts are compared, not page sets.
+The RX buffers: where result.json lists every posted buffer (`rx_buffers.addrs`,
+measured since this module exists), the model puts them at those addresses
+(placement mode `given`, in the order the NIC fills them; the ring at
+`rx_buffers.ring_phys`; the kernel image where /proc/iomem showed its code,
+rodata and data), and the
+set of DMA-changed dumped pages can be compared page for page. Older results
+list only a sample: the model's allocator places page_frag slices itself and
+only counts are compared.
 
 predicted.json uses the figure names of result.json: `post_panic.landed_old_ring`,
 `post_panic.in_vmcore`, `dma_stop.reason`, `pages.classes.payload/ring`,
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -126,9 +132,18 @@ def lab_timing(result: dict, run_record: dict | None, profile: dict[str, float],
     return t
 
 
+def _decrypted_freed(serial: str | None) -> int | None:
+    """Bytes of "Freeing unused decrypted memory: NK" in the first kernel's log."""
+    m = re.search(r"Freeing unused decrypted memory: (\d+)K", serial or "")
+    return int(m.group(1)) * 1024 if m else None
+
+
 def export_model(result: dict, run_record: dict | None = None, profile: dict[str, float] | None = None,
-                 timing: str = "run") -> dict:
-    """The lab machine of `result` (result.json) as a kdumpsim model (a dict, YAML-ready)."""
+                 timing: str = "run", given: bool = True, serial: str | None = None) -> dict:
+    """The lab machine of `result` (result.json) as a kdumpsim model (a dict, YAML-ready).
+    With `given` and a result that lists every RX buffer address (rx_buffers.addrs),
+    the buffers are placed at those addresses (placement mode `given`) and the
+    kernel image where /proc/iomem showed it."""
     profile = profile if profile is not None else load_profile()
     sc, mach, ring = result["scenario"], result["machine"], result["ring"]
     if sc.get("iommu"):
@@ -156,6 +171,29 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         raise LabError(f"unknown lab NIC {sc['nic']!r}")
     if posted is not None:
         dev["posted"] = int(posted)
+    rx = result.get("rx_buffers", {})
+    model_kernel: dict[str, Any] = {"version": "6.1"}
+    if mach.get("kernel_image"):
+        # Kernel code, rodata, data and bss of /proc/iomem. The gaps between them are freed
+        # at boot ("Freeing unused kernel image (text/rodata gap) memory"), and so is the
+        # tail of the bss line: the lab found RX buffers in both (0x16f4cbc0 in the
+        # text/rodata gap, 0x193f78c0 in 0x18310000-0x193fffff; e1000-nodriver-10pps,
+        # 2026-11-30). Without the serial log to say how much of bss was freed, bss is left out.
+        ranges = sorted((_hex(a), _hex(b)) for a, b in mach["kernel_image"])
+        freed = _decrypted_freed(serial)
+        if len(ranges) > 1:
+            *ranges, (bss0, bss1) = ranges
+            if freed is not None and bss1 - freed > bss0:
+                # "Freeing unused decrypted memory: NK": the tail of bss..decrypted,
+                # up to the 2 MiB-aligned end of the "Kernel bss" line, is given back
+                ranges.append((bss0, (bss1 - freed) & ~(PAGE - 1)))
+        model_kernel["image"] = [[hex(a), hex(b)] for a, b in ranges]
+    if rx.get("addrs") and given:
+        # the buffers' real addresses at the panic, in the order the NIC fills them
+        placement: dict[str, Any] = {"mode": "given", "addresses": list(rx["addrs"])}
+        if rx.get("ring_phys"):
+            placement["rings"] = [rx["ring_phys"]]
+        dev["placement"] = placement
     if t["probe"] is not None:
         dev["probe_at"] = _s(t["probe"])
     if t["traffic_end"] is not None:
@@ -181,7 +219,7 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         "cpus": {"count": 1},
         "memory": {"iomem": iomem},
         "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}"},
-        "kernel": {"version": "6.1"},
+        "kernel": model_kernel,
         "timing": timing_block,
         "devices": [dev],
     }
@@ -203,10 +241,13 @@ def figures(run: CrashRun, result: dict | None = None) -> dict:
     dump_copy = run.copy
 
     def read_time(addr: int) -> int | None:
-        for s, e, off in chunks:
-            if s <= addr < e:
-                return dump_copy.read_time(off + addr - s) if dump_copy is not None else None
-        return None
+        """When the copy reads `addr` for the last time: kexec-tools' kernel-text
+        PT_LOAD holds the kernel image (and the freed gaps in it) a second time,
+        and the lab finds a frame or a changed page in either copy."""
+        if dump_copy is None:
+            return None
+        times = [dump_copy.read_time(off + addr - s) for s, e, off in chunks if s <= addr < e]
+        return max(times, default=None)
 
     def changed_pages(writes: list[tuple[int, int, int]]) -> set[int]:
         pages = set()
@@ -254,8 +295,9 @@ def figures(run: CrashRun, result: dict | None = None) -> dict:
             "last_landed_s": round(times[-1] * ns, 3) if times else None,
         },
         "pages": {"classes": {"payload": len(payload_pages), "ring": len(ring_pages)},
-                  "dma_changed": len(payload_pages) + len(ring_pages)},
-        "rx_buffers": {"buffers": len(eng.buffers),
+                  "dma_changed": len(payload_pages) + len(ring_pages),
+                  "dma_pages": [hex(p * PAGE) for p in sorted(payload_pages | ring_pages)]},
+        "rx_buffers": {"buffers": len(eng.buffers), "placement": eng.spec.placement.mode,
                        "pages": len({b.phys // PAGE for b in eng.buffers}
                                     | {(b.phys + 259) // PAGE for b in eng.buffers})},
         "phases_s": phases,
@@ -297,7 +339,8 @@ def predict(rundir: str | Path, seed: int = 0, timing: str = "run") -> dict:
     rundir = Path(rundir)
     result, record = _read_run(rundir)
     profile = load_profile()
-    model = _fit_jump(export_model(result, record, profile, timing), seed)
+    serial = (rundir / "serial.log").read_text(errors="replace") if (rundir / "serial.log").is_file() else None
+    model = _fit_jump(export_model(result, record, profile, timing, serial=serial), seed)
     (rundir / "model.yaml").write_text(
         f"# exported by `python -m kdumpsim.lab predict {rundir}` (timing: {timing}); kdumpsim run this file\n"
         + yaml.safe_dump(model, sort_keys=False))
@@ -306,7 +349,8 @@ def predict(rundir: str | Path, seed: int = 0, timing: str = "run") -> dict:
     predicted["timing"] = timing
     predicted["seed"] = seed
     predicted["model"] = "model.yaml"
-    prof_model = model if timing == "profile" else _fit_jump(export_model(result, record, profile, "profile"), seed)
+    prof_model = model if timing == "profile" else _fit_jump(
+        export_model(result, record, profile, "profile", serial=serial), seed)
     _, prof_run = simulate_model(prof_model, seed)
     prof = figures(prof_run, result)
     predicted["profile"] = {k: prof[k] for k in ("post_panic", "dma_stop", "pages", "phases_s")}

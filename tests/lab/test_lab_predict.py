@@ -99,7 +99,9 @@ def test_predict_then_compare_within_tolerance_counts(name, tmp_path):
         result["phases_s"]["capture_kernel_start"], abs=0.002)
     _, text, rows = cmp.compare(rundir)
     counts = [r for r in rows if "(profile)" not in r.figure]
-    assert len(counts) == 4 and all(r.ok for r in counts), text
+    # with every buffer address measured (placement given), the page sets are compared too
+    has_addrs = "addrs" in result["rx_buffers"]
+    assert len(counts) == (5 if has_addrs else 4) and all(r.ok for r in counts), text
 
 
 def test_compare_fails_the_virtio_run_on_profile_times(tmp_path):
@@ -158,3 +160,64 @@ def test_cli_predict_and_compare_exit_status(tmp_path, capsys):
     shutil.copytree(DATA / "virtio-net-virtio-disk", v)
     assert main(["lab", "compare", "--predict", str(v)]) == 1
     assert main(["lab", "compare", str(tmp_path / "missing")]) == 2
+
+
+def test_given_addresses_reproduce_the_measured_page_set(tmp_path):
+    """e1000-nodriver-200pps re-measured with every buffer address: the model with
+    the buffers at those addresses changes exactly the measured dumped pages."""
+    rundir = tmp_path / "a"
+    shutil.copytree(DATA / "e1000-nodriver-200pps", rundir)
+    predicted = pred.predict(rundir)
+    model = yaml.safe_load((rundir / "model.yaml").read_text())
+    dev = model["devices"][0]
+    assert dev["placement"]["mode"] == "given" and len(dev["placement"]["addresses"]) == 254
+    assert dev["placement"]["rings"] == ["0x27d2000"]
+    assert model["kernel"]["image"] == [["0xb000000", "0xbe01d32"], ["0xc000000", "0xc8eb000"], ["0xca00000", "0xcc48980"]]
+    result = json.loads((rundir / "result.json").read_text())
+    assert predicted["pages"]["dma_pages"] == result["pages"]["dma_pages"]
+    ok, text, rows = cmp.compare(rundir)
+    assert ok, text
+    assert any(r.figure.startswith("DMA-changed dumped pages: pages not in both") and r.predicted == 0 for r in rows)
+
+
+def _given_model(addresses: list[int], **placement) -> dict:
+    result, record = _load("e1000-nodriver-200pps")
+    m = pred.export_model(result, record)
+    m["devices"][0]["placement"] = {"mode": "given", "addresses": addresses, **placement}
+    return m
+
+
+@pytest.mark.parametrize("addr, why", [
+    (0x16000000, "crashkernel reservation"),      # inside 0x15000000-0x1effffff
+    (0xB100000, "kernel image"),                  # the lab kernel's code
+    (0x80000, "low 1 MiB"),
+    (0x30000000, "not in System RAM"),            # above the 512 MiB guest
+])
+def test_given_addresses_refused_where_the_allocator_could_not_give(addr, why):
+    from kdumpsim.errors import LayoutError
+    m = _given_model([0x1FE30FC0, addr])
+    with pytest.raises(LayoutError, match=why) as exc:
+        pred.simulate_model(m)
+    assert exc.value.field == "devices.0.placement.addresses.1"
+
+
+def test_given_addresses_are_filled_in_order():
+    m = _given_model([0x1FE30FC0, 0x1FE30840, 0x1FE300C0])
+    m["devices"][0].pop("posted")                 # default N-2, capped at the 3 given
+    _, run = pred.simulate_model(m)
+    eng = run.engines[0]
+    assert [b.phys for b in eng.buffers] == [0x1FE30FC0, 0x1FE30840, 0x1FE300C0]
+    writes = [w.addr for w in run.machine.memory.log if w.actor == "nic0" and w.length == 256]
+    assert writes == [0x1FE30FC0, 0x1FE30840, 0x1FE300C0]
+    assert eng.stop_reason == "ring_exhausted"
+
+
+def test_given_placement_schema():
+    from kdumpsim.errors import ConfigError
+    m = _given_model([])
+    with pytest.raises(ConfigError, match="addresses"):
+        model_from_dict(m)
+    m = _given_model([0x1FE30FC0])
+    m["devices"][0]["placement"] = {"mode": "allocator", "addresses": [0x1FE30FC0]}
+    with pytest.raises(ConfigError, match="given"):
+        model_from_dict(m)
