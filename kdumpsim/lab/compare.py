@@ -27,6 +27,7 @@ from typing import Any
 from . import LabError
 
 COUNT_TOL = 0.10
+SET_FIG = "DMA-changed dumped pages: pages not in both sets"
 TIME_TOL = 0.30
 # lab reason -> model reasons that mean the same
 STOP_MAP = {
@@ -84,7 +85,7 @@ def checks(result: dict, predicted: dict) -> list[Check]:
     p_set = predicted.get("pages", {}).get("dma_pages")
     if m_set is not None and p_set is not None:
         diff = len(set(m_set) ^ set(p_set))
-        out.append(Check("DMA-changed dumped pages: pages not in both sets", 0, diff,
+        out.append(Check(SET_FIG, 0, diff,
                          f"<= 10% of {len(m_set)}", diff <= COUNT_TOL * len(m_set)))
     m_stop, p_stop = result.get("dma_stop", {}).get("reason"), predicted.get("dma_stop", {}).get("reason")
     out.append(Check("old DMA stop reason", m_stop, p_stop, "equal", stop_equal(m_stop, p_stop)))
@@ -129,9 +130,9 @@ def summary_table(rundirs: list[Path]) -> str:
     """One row per run directory (result.json + predicted.json): the figures
     compare checks, measured / predicted."""
     head = ["| scenario | frames landed in old ring (meas. / pred.) | in vmcore | DMA-changed dumped pages "
-            "(payload+ring) | DMA stop (meas. / pred.) | capture kernel start, s (meas. / profile) | "
+            "(payload+ring) | pages not in both sets | DMA stop (meas. / pred.) | capture kernel start, s (meas. / profile) | "
             "NIC reset, s | dump start, s | last frame landed, s (meas. / profile) | within tolerance |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines = []
     for d in rundirs:
         result = json.loads((Path(d) / "result.json").read_text())
@@ -148,6 +149,7 @@ def summary_table(rundirs: list[Path]) -> str:
         lines.append(
             f"| {result['scenario']['name']} | {pair('post-panic frames landed in the old ring')} | "
             f"{pair('post-panic frames in the vmcore')} | {pair('dumped pages changed by DMA (payload+ring)')} | "
+            f"{_fmt(getattr(by.get(SET_FIG), 'predicted', None))} | "
             f"{pair('old DMA stop reason')} | {pair('capture_kernel_start (profile)')} | {reset} | "
             f"{pair('dump_start (profile)')} | {pair('last frame landed at, s (profile)')} | "
             f"{'all' if not failed else 'no: ' + ', '.join(failed)} |")
