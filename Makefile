@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench venv clean golden
+.PHONY: run test test-fast lint bench venv clean golden lab
 
 $(STAMP): requirements.lock pyproject.toml
 	$(SYSPY) -m venv --system-site-packages $(VENV)
@@ -32,6 +32,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The three CI scenarios as real kdump cycles (QEMU TCG, ~90 s), each predicted and
+# compared; results in out/lab/<scenario>/, then the predicted-vs-measured table.
+lab: $(STAMP)
+	rm -rf out/lab && mkdir -p out/lab
+	KDUMPSIM_LAB=1 KDUMPSIM_LAB_RESULTS=out/lab $(PY) -m pytest -q -s tests/lab/test_lab_real.py
+	$(PY) -m kdumpsim lab compare --summary out/lab/e1000-nodriver-200pps out/lab/e1000-driver-10pps \
+		out/lab/virtio-net-virtio-disk | tee out/lab/compare.md
 
 golden: $(STAMP)
 	$(PY) -m kdumpsim.sweep.golden --regen

@@ -18,6 +18,7 @@ from typing import Any
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
+from kdumpsim.cli import lab as cli_lab
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
          _inspect_args, cmd_inspect)
     cli_timeline.register(sub)
     cli_experiment.register(sub)
+    cli_lab.register(sub)
     return p
 
 

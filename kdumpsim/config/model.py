@@ -239,12 +239,29 @@ class Placement(Strict):
     existed: firmware, a bootloader, a previous kernel; buffers anywhere in RAM in
     [start, end)), `wild` (a corrupted driver: every write at a random RAM address
     in [start, end)), `cma` (short-term pinned user pages in the CMA crashkernel area)."""
-    mode: Annotated[Literal["allocator", "range", "stale", "wild", "cma"], BeforeValidator(_placement_mode)] = "allocator"
+    mode: Annotated[Literal["allocator", "range", "stale", "wild", "cma", "given"],
+                    BeforeValidator(_placement_mode)] = "allocator"
     start: Size | None = None
     end: Size | None = None
+    # mode `given`: addresses measured in a real run (kdumpsim.lab predict): the
+    # physical address each buffer is written at, in the order the device fills
+    # them, and optionally its rings' addresses. Refused where the first
+    # kernel's allocator could not have given them (outside System RAM, the low
+    # 1 MiB, the kernel image, the crashkernel reservation).
+    addresses: list[Size] | None = None
+    rings: list[Size] | None = None
 
     @model_validator(mode="after")
     def _range(self) -> Placement:
+        if self.mode == "given":
+            if not self.addresses:
+                raise _field_error("addresses", "placement mode 'given' needs the buffers' physical addresses "
+                                                "(addresses: [0x27c00c0, ...]), as measured in a real run")
+            if self.start is not None or self.end is not None:
+                raise _field_error("mode", "placement mode 'given' takes addresses, not start/end")
+        elif self.addresses is not None or self.rings is not None:
+            raise _field_error("addresses", f"addresses and rings belong to placement mode 'given', "
+                                            f"not {self.mode!r}")
         if self.mode in ("range", "stale"):
             for name in ("start", "end"):
                 if getattr(self, name) is None:
@@ -286,6 +303,8 @@ class NicRxRing(DeviceBase):
     buffer_size: Size = D.E1000_RX_BUFFER_LEN         # rx_buffer_len: the most the device writes per buffer
     packet_size: Size = 1514
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+    # Poisson arrivals, or evenly spaced at packet_rate (a paced sender, as the lab's)
+    arrivals: Literal["poisson", "periodic"] = "poisson"
 
     @model_validator(mode="after")
     def _sizes(self) -> NicRxRing:
@@ -309,6 +328,8 @@ class VirtioNet(DeviceBase):
     buffer_size: Size = D.VIRTIO_RX_BUFFER
     packet_size: Size = 1514
     packet_rate: Float = Field(default=50_000.0, gt=0, description="packets per second")
+    # Poisson arrivals, or evenly spaced at packet_rate (a paced sender, as the lab's)
+    arrivals: Literal["poisson", "periodic"] = "poisson"
     virtio_pci: bool = True    # the capture kernel loads virtio_pci (for a virtio dump disk): it resets this device
 
     @model_validator(mode="after")
@@ -393,6 +414,17 @@ class KernelSpec(Strict):
     # `prb` ring from 5.10 on, `printk_log` records before) and its VMCOREINFO
     # set. None: the era's kernel (modern: 6.1, 2005: 2.6.13).
     version: Annotated[Literal["6.1", "4.18"], BeforeValidator(_version_text)] | None = None
+    # Where the first kernel's image is: its [start, end) ranges as /proc/iomem lists
+    # them ("Kernel code", "Kernel rodata", ...; the gaps between are free memory).
+    # None: the arch's load address (x86_64: 16 MiB) and an assumed size.
+    image: list[tuple[Size, Size]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _image(self) -> KernelSpec:
+        for start, end in self.image or []:
+            if end <= start:
+                raise _field_error("image", f"a kernel image range's end {end:#x} must be above its start {start:#x}")
+        return self
 
 
 class TimingSpec(Strict):

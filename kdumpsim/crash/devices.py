@@ -25,6 +25,7 @@ import simpy
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, NicRxRing, StorageController, VirtioNet
 from kdumpsim.crash.dma import PAGE, Buffer, DmaEngine, payload
+from kdumpsim.errors import LayoutError
 from kdumpsim.machine.ranges import align_up
 from kdumpsim.units import NS_PER_S, parse_duration
 
@@ -66,7 +67,9 @@ class RxQueues:
 
 
 def _interarrival(engine: DmaEngine, rate: float) -> int:
-    """Poisson arrivals at `rate` packets/s."""
+    """Poisson arrivals at `rate` packets/s, or evenly spaced ones (`arrivals: periodic`)."""
+    if getattr(engine.spec, "arrivals", "poisson") == "periodic":
+        return round(NS_PER_S / rate)
     return round(engine.rng.expovariate(rate) * NS_PER_S)
 
 
@@ -105,8 +108,20 @@ class E1000Rx(RxNic):
         n = s.descriptors
         posted = s.posted if s.posted is not None else n - D.E1000_HW_OWNED_SHORT
         frag = _frag_size(s.buffer_size)
+        ring_size = align_up(n * D.RX_DESCRIPTOR_BYTES, PAGE)
+        if s.placement.mode == "given":
+            # measured addresses: one queue, the buffers in the order the NIC fills them
+            if s.queues != 1:
+                raise LayoutError(f"{self.field}.placement", "placement mode 'given' takes one RX queue")
+            given = self.given_addresses(s.buffer_size)
+            self.posted = [min(posted, len(given))]
+            self.rings = self.given_rings(ring_size, 1)
+            self.queue_buffers = [[self.map(a, s.buffer_size) for a in given[:self.posted[0]]]]
+            self.buffers = list(self.queue_buffers[0])
+            self.trace_mapped()
+            return
         self.posted = [posted] * s.queues
-        self.rings = [self.alloc(align_up(n * D.RX_DESCRIPTOR_BYTES, PAGE)) for _ in range(s.queues)]
+        self.rings = [self.alloc(ring_size) for _ in range(s.queues)]
         self.queue_buffers = []
         for _ in range(s.queues):
             if self.run.machine.era == "2005":
@@ -143,11 +158,20 @@ class VirtioNetRx(RxNic):
                        for _ in range(s.queues)]
         # Split virtqueue: descriptors (16 N), avail ring (6 + 2 N), then the used ring on the next page.
         self.used_offset = align_up(16 * n + 6 + 2 * n, PAGE)
-        self.rings = [self.alloc(self.used_offset + align_up(6 + D.VIRTIO_USED_ELEM_BYTES * n, PAGE))
-                      for _ in range(s.queues)]
+        ring_size = self.used_offset + align_up(6 + D.VIRTIO_USED_ELEM_BYTES * n, PAGE)
+        given: list[int] | None = None
+        if s.placement.mode == "given":
+            if s.queues != 1:
+                raise LayoutError(f"{self.field}.placement", "placement mode 'given' takes one RX queue")
+            given = self.given_addresses(s.buffer_size)
+            self.posted = [min(self.posted[0], len(given))]
+            self.rings = self.given_rings(ring_size, 1)
+        else:
+            self.rings = [self.alloc(ring_size) for _ in range(s.queues)]
         self.queue_buffers = []
         for q in range(s.queues):
-            addrs = _frag_slices(self, self.posted[q], s.buffer_size, top_down=False)
+            addrs = (given[:self.posted[q]] if given is not None
+                     else _frag_slices(self, self.posted[q], s.buffer_size, top_down=False))
             bufs = [self.map(a, s.buffer_size) for a in addrs]
             self.queue_buffers.append(bufs)
             self.buffers += bufs

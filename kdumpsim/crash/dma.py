@@ -101,7 +101,7 @@ class DmaEngine:
     def alloc_phys(self, size: int, align: int) -> int:
         m, p = self.run.machine, self.spec.placement
         limit = 1 << self.spec.dma_bits
-        if p.mode in ("allocator", "range", "wild"):
+        if p.mode in ("allocator", "range", "wild", "given"):
             lo, hi = (p.start, p.end) if p.mode == "range" else (0, limit)
             addr = m.allocator.alloc(self.rng, size, align, lo, min(hi, limit), self.node)
             where = "the first kernel's free memory" + (f" in {lo:#x}-{hi:#x}" if p.mode == "range" else "")
@@ -118,6 +118,44 @@ class DmaEngine:
                     "for a device programmed before the reservation existed)") if p.mode == "range" else ""
             raise LayoutError(f"{self.field}.placement", f"no room for a {size}-byte DMA buffer in {where}{hint}")
         return addr
+
+    def given_addresses(self, size: int) -> list[int]:
+        """Placement `given`: the measured buffer addresses, each checked to be
+        memory the first kernel's allocator could have given (System RAM above
+        1 MiB, outside the kernel image and the reservation), and marked taken."""
+        m, p = self.run.machine, self.spec.placement
+        assert p.addresses is not None
+        res = m.reservation
+        for i, a in enumerate(p.addresses):
+            end = a + size
+            why = None
+            if not m.memory.is_ram(a, size):
+                why = "is not in System RAM"
+            elif a < 1 << 20:
+                why = "is in the low 1 MiB (reserved by x86 setup)"
+            elif m.overlaps_kernel(a, end):
+                why = "overlaps the kernel image (" + ", ".join(
+                    f"{ks:#x}-{ke - 1:#x}" for ks, ke in m.kernel_ranges if ks < end and a < ke) + ")"
+            elif a < res.end and res.start < end:
+                why = f"overlaps the crashkernel reservation {res.start:#x}-{res.end - 1:#x}"
+            if why:
+                raise LayoutError(f"{self.field}.placement.addresses.{i}",
+                                  f"buffer {a:#x}-{end - 1:#x} {why}: the first kernel's allocator could not "
+                                  "have given it (name the mechanism with mode: stale, wild or cma)")
+        for a in p.addresses:
+            m.taken.add(a, a + size)
+        return list(p.addresses)
+
+    def given_rings(self, size: int, count: int) -> list[Buffer]:
+        """Placement `given`: the measured ring addresses (or allocator-placed if not given)."""
+        rings = self.spec.placement.rings
+        if rings:
+            if len(rings) != count:
+                raise LayoutError(f"{self.field}.placement.rings", f"{len(rings)} ring addresses for {count} rings")
+            for a in rings:
+                self.run.machine.taken.add(a, a + size)
+            return [self.map(a, size) for a in rings]
+        return [self.alloc(size) for _ in range(count)]
 
     def trace_mapped(self) -> None:
         bufs = self.buffers + self.rings

@@ -460,6 +460,7 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     cpu_in_kernel_image = 0
     changed_during_dump = 0
     cpu_samples = []
+    dma_pages: list[int] = []
     for p in (int(x) for x in d_vt):
         if p in ring_pages:
             c = "ring"
@@ -474,6 +475,8 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
             if len(cpu_samples) < 12:
                 cpu_samples.append(hex(p))
         classes[c] += 1
+        if c in ("payload", "ring"):
+            dma_pages.append(p)
         if p in d_vf_set and c in ("payload", "ring"):
             changed_during_dump += 1
     # DMA pages the dump missed: changed after dd read them (vmcore == truth, final differs)
@@ -491,6 +494,9 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
         "vmcore_vs_final_changed": int(len(d_vf)),
         "dma_changed_during_dump": changed_during_dump,
         "dma_pages_after_read": dma_after_read,
+        # the payload and ring pages, as page addresses, once each (`classes` counts a page
+        # twice when both its copies differ: kexec-tools' kernel-text PT_LOAD repeats the kernel image)
+        "dma_pages": [hex(p) for p in sorted(set(dma_pages))],
         "landed_payload_pages": len(landed_pages),
         "frames_per_payload_page": round(len(landed_seqs) / len(landed_pages), 2) if landed_pages else None,
     }
@@ -522,6 +528,11 @@ def analyse(record: dict, sent: np.ndarray, truth: Core, vmcore: Core, final: Co
     rx["span_bytes"] = span
     rx["in_kernel_image"] = sum(1 for a in addrs if _in_ranges(a, kimage))
     rx["sample_addrs"] = [hex(a) for a in addrs[:8]]
+    # every buffer the NIC could fill after the panic, in the order it fills them
+    # (RDH..RDT-1, then any the driver posted after the truth snapshot; virtio:
+    # the avail ring from last_avail_idx), physical; and the ring (kdumpsim.lab predict)
+    rx["addrs"] = [hex(a) for a in landing]
+    rx["ring_phys"] = hex(ring_ranges[0][0]) if bufs.get("readable") and nic_kind == "e1000" and not xlate else None
     if not bufs.get("readable"):
         rx["note"] = bufs.get("note")
 

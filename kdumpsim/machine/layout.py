@@ -33,6 +33,7 @@ class Machine:
     topology: Topology = field(init=False)
     ram_ranges: list[tuple[int, int]] = field(init=False)
     kernel_image: tuple[int, int] = field(init=False)
+    kernel_ranges: list[tuple[int, int]] = field(init=False)
     reservation: Reservation = field(init=False)
     crash_notes: list[int] = field(init=False)      # per-CPU note buffer addresses
     crash_note_size: int = field(init=False)
@@ -50,16 +51,22 @@ class Machine:
         self._node_starts = self._split_nodes()
         start = D.KERNEL_PHYS_START_X86_64 if self.arch == "x86_64" else D.KERNEL_PHYS_START_I386
         size = D.KERNEL_TEXT_SIZE_X86_64 if self.arch == "x86_64" else 4 * MiB
-        self.kernel_image = (start, start + size)
+        self.kernel_ranges = [(start, start + size)]
+        if cfg.kernel.image is not None:
+            self.kernel_ranges = sorted((s, e) for s, e in cfg.kernel.image)
+            start, size = self.kernel_ranges[0][0], self.kernel_ranges[-1][1] - self.kernel_ranges[0][0]
+        self.kernel_image = (start, start + size)         # its span
         if not self._in_ram(*self.kernel_image):
+            where = ("kernel.image puts it there" if cfg.kernel.image is not None
+                     else f"{self.arch} loads it at {fmt_size(start)}")
             raise LayoutError("memory.iomem", f"the first kernel at {start:#x}-{start + size - 1:#x} is not in "
-                              f"System RAM: {self.arch} loads it at {fmt_size(start)}, so one System RAM range "
-                              "must cover that")
+                              f"System RAM: {where}, so one System RAM range must cover that")
 
         self.reservation = reserve_crashkernel(self)
         self.first_kernel_free = FreeRanges(list(self.ram_ranges))
         self.first_kernel_free.remove(0, 1 * MiB)                 # BIOS data, trampoline, ISA holes
-        self.first_kernel_free.remove(*self.kernel_image)
+        for ks, ke in self.kernel_ranges:
+            self.first_kernel_free.remove(ks, ke)
         self.first_kernel_free.remove(self.reservation.start, self.reservation.end)
         self._place_crash_notes()
         self.cma = self._reserve_cma()
@@ -170,7 +177,7 @@ class Machine:
         return f"{fmt_size(r.size)} at {r.start:#x}-{r.end - 1:#x}"
 
     def overlaps_kernel(self, start: int, end: int) -> bool:
-        return overlaps((start, end), self.kernel_image)
+        return any(overlaps((start, end), r) for r in self.kernel_ranges)
 
     def rng(self, *parts: object) -> random.Random:
         """A component's own RNG, derived from the run seed and its name."""

@@ -302,7 +302,7 @@ def test_vtd_translator_walks_legacy_tables():
 
 
 def test_missing_tool_is_one_line_error_exit_2(monkeypatch, capsys):
-    from kdumpsim.lab import __main__ as cli
+    from kdumpsim.lab import commands as cli
     from kdumpsim.lab import setup
     monkeypatch.setitem(setup.TOOLS, "no-such-tool-kdumpsim", "no-such-package")
     with pytest.raises(LabError, match="missing tool no-such-tool-kdumpsim .*no-such-package"):
