@@ -21,6 +21,7 @@ from typing import Any
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
 from kdumpsim.cli import golden as cli_golden
+from kdumpsim.cli import importcmd as cli_import
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 from kdumpsim.names import OUTCOMES
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_timeline.register(sub)
     cli_experiment.register(sub)
     cli_golden.register(sub)
+    cli_import.register(sub)
     return p
 
 
