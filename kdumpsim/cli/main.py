@@ -22,6 +22,7 @@ from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
 from kdumpsim.cli import golden as cli_golden
 from kdumpsim.cli import importcmd as cli_import
+from kdumpsim.cli import recommend as cli_recommend
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 from kdumpsim.names import OUTCOMES
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_experiment.register(sub)
     cli_golden.register(sub)
     cli_import.register(sub)
+    cli_recommend.register(sub)
     return p
 
 
