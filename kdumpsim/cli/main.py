@@ -1,7 +1,9 @@
 """The `kdumpsim` command. Every subcommand has --help with an example.
 
 Exit status: 0 success, 1 the run failed to produce what was asked (e.g. a
-vmcore from a run that has none), 2 bad input (model, experiment, file).
+vmcore from a run that has none), 2 bad input (model, experiment, file),
+3 `run --fail-on OUTCOME,...`: the run's outcome is one of those named
+(what CI gates on; everything asked for is still written).
 """
 
 from __future__ import annotations
@@ -18,17 +20,29 @@ from typing import Any
 
 from kdumpsim import __version__
 from kdumpsim.cli import experiment as cli_experiment
+from kdumpsim.cli import golden as cli_golden
+from kdumpsim.cli import importcmd as cli_import
 from kdumpsim.cli import lab as cli_lab
+from kdumpsim.cli import recommend as cli_recommend
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
+from kdumpsim.names import OUTCOMES
 
 EPILOG_RUN = """examples:
   kdumpsim run models/paper-i386-2005.yaml
   kdumpsim run models/modern-x86_64.yaml --seed 7 --report out/run.json --trace out/trace.jsonl
   kdumpsim run models/paper-i386-2005.yaml --set devices.eth0.packet_rate=20000 --vmcore out/vmcore
 """
-EPILOG_VALIDATE = """example:
+EPILOG_RUN += """  kdumpsim run models/modern-x86_64.yaml --fail-on failed --json   # CI: exit 3 when the capture fails
+
+--fail-on takes outcome names (comma-separated, repeatable) or `failed` (every
+outcome but ok and ok_dump_corrupted); exit status 3 when the run's outcome is
+one of them. Outcomes: {outcomes}
+""".format(outcomes=", ".join(OUTCOMES))
+EXIT_FAIL_ON = 3
+EPILOG_VALIDATE = """examples:
   kdumpsim validate models/modern-x86_64.yaml
+  kdumpsim validate models/modern-x86_64.yaml --set kexec.crashkernel=512M
 """
 EPILOG_INSPECT = """examples:
   kdumpsim inspect out/vmcore
@@ -136,12 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     _add(sub, "run", "simulate one crash of a model", EPILOG_RUN, _run_args, cmd_run)
     _add(sub, "validate", "check a model file and show its crashkernel layout", EPILOG_VALIDATE,
-         lambda a: a.add_argument("model", help="model YAML (see models/)"), cmd_validate)
+         _validate_args, cmd_validate)
     _add(sub, "inspect", "summarise any ELF vmcore (ours or a real /proc/vmcore copy)", EPILOG_INSPECT,
          _inspect_args, cmd_inspect)
     cli_timeline.register(sub)
     cli_experiment.register(sub)
+    cli_golden.register(sub)
+    cli_import.register(sub)
     cli_lab.register(sub)
+    cli_recommend.register(sub)
     return p
 
 
@@ -164,6 +181,60 @@ def _run_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--vmcore", metavar="OUT.vmcore", help="write /proc/vmcore as the capture kernel's copy read it")
     a.add_argument("--oldmem", metavar="OUT.raw", help="write the /dev/oldmem raw view (sparse file)")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    a.add_argument("--json", action="store_true", help="print the run report as JSON on stdout instead of the "
+                                                         "text summary (what --report writes)")
+    a.add_argument("--fail-on", dest="fail_on", action="append", default=[], metavar="OUTCOME[,OUTCOME]",
+                   help=f"exit with status {EXIT_FAIL_ON} when the run's outcome is one of these (or `failed`: any failed "
+                        "capture); repeatable")
+
+
+def _override_arg(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model field by dotted key, as for `kdumpsim run` (repeatable)")
+
+
+def _validate_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("model", help="model YAML (see models/)")
+    _override_arg(a)
+
+
+def fail_on_outcomes(values: list[str]) -> set[str]:
+    """`--fail-on ok_dump_corrupted,failed` -> the outcome names; unknown names are a UsageError."""
+    from kdumpsim.config.model import _did_you_mean
+    from kdumpsim.errors import UsageError
+    from kdumpsim.names import CAPTURE_OK, OUTCOMES
+    chosen: set[str] = set()
+    for value in values:
+        for name in (n.strip() for n in value.split(",")):
+            if not name:
+                raise UsageError(f"--fail-on {value!r}: empty outcome name; give e.g. --fail-on failed")
+            if name == "failed":
+                chosen |= set(OUTCOMES) - set(CAPTURE_OK)
+            elif name in OUTCOMES:
+                chosen.add(name)
+            else:
+                choices = ["failed", *OUTCOMES]
+                raise UsageError(f"--fail-on: unknown outcome {name!r}{_did_you_mean(name, choices)}; "
+                                 f"outcomes: {', '.join(choices)}")
+    return chosen
+
+
+def check_free_space(path: str, need: int, what: str) -> None:
+    """Say how big `path` will be; refuse (exit 2) if its file system has less free space."""
+    import shutil
+    from pathlib import Path
+
+    from kdumpsim.errors import UsageError
+    target = Path(path).absolute()
+    where = next((d for d in target.parents if d.exists()), Path("/"))
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UsageError(f"{path}: the {what} would be {_gib(need)} but {where} has {_gib(free)} free; "
+                         "use a model with less RAM (--set memory.iomem=...) or another directory")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _inspect_args(a: argparse.ArgumentParser) -> None:
@@ -195,8 +266,15 @@ def simulate_checked(model: str, cfg, seed: int):
 def cmd_run(args: argparse.Namespace) -> int:
     from kdumpsim.atomic import write_text
     from kdumpsim.measure.report import build_report, dumps
-    from kdumpsim.names import OUTCOMES
+    fail_on = fail_on_outcomes(args.fail_on)
     cfg = load(args.model, args.overrides)
+    ram = sum(r.size for r in cfg.memory.iomem if r.type == "System RAM")
+    if args.vmcore:         # the vmcore holds all RAM but the reservation: at most RAM plus headers
+        check_free_space(args.vmcore, ram, "vmcore (about the model's RAM)")
+        if not args.quiet:
+            print(f"vmcore: up to {_gib(ram)} (the model's RAM) will be written to {args.vmcore}", file=sys.stderr)
+    if args.oldmem:         # sparse: holes take no space, RAM does
+        check_free_space(args.oldmem, ram, "oldmem file (the model's RAM; holes are sparse)")
     run = simulate_checked(args.model, cfg, args.seed)
     report = build_report(run)
     if args.report:
@@ -210,14 +288,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
                                 sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
-    if args.vmcore or args.oldmem:
+    if (args.vmcore or args.oldmem) and run.vmcore is None and run.outcome in fail_on:
+        print(f"kdumpsim: no vmcore to write: the run's outcome is {run.outcome}", file=sys.stderr)
+    elif args.vmcore or args.oldmem:
         from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
         if args.vmcore:
             write_vmcore(run, args.vmcore)
         if args.oldmem:
             write_oldmem(run, args.oldmem)
-    if not args.quiet:
+    if args.json:
+        print(dumps(report))
+    elif not args.quiet:
         print(_run_summary(run, OUTCOMES))
+    if run.outcome in fail_on:
+        if not args.quiet:
+            print(f"kdumpsim: outcome {run.outcome} is in --fail-on: exit status {EXIT_FAIL_ON}", file=sys.stderr)
+        return EXIT_FAIL_ON
     return 0
 
 
@@ -266,7 +352,7 @@ def _fidelity_text(f: float) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from kdumpsim.kexec.load import kexec_load
     from kdumpsim.machine.layout import Machine
-    cfg = load(args.model, [])
+    cfg = load(args.model, args.overrides)
     m = Machine(cfg, 0)
     image = kexec_load(m)
     print(f"{args.model}: ok ({cfg.name}: {cfg.arch}, {cfg.cpus.count} CPUs, "

@@ -121,7 +121,10 @@ def simulate_case(case: Case, models_dir: Path = MODELS_DIR) -> Golden:
 
 
 def load_golden(path: Path) -> Golden:
-    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    try:
+        lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a golden timeline ({e})") from None
     if not lines or lines[0].get("format") != FORMAT:
         raise ValueError(f"{path}: not a golden timeline (expected a {FORMAT} header)")
     return Golden(lines[0], lines[1:])
@@ -219,17 +222,33 @@ def diff(expected: Golden, actual: Golden) -> list[str]:
     return out
 
 
-def check_case(case: Case, golden_dir: Path = GOLDEN_DIR, models_dir: Path = MODELS_DIR) -> str | None:
-    """None when the simulation matches the golden file, else a readable report."""
+def regen_command(golden_dir: Path = GOLDEN_DIR, models_dir: Path = MODELS_DIR, prog: str | None = None) -> str:
+    """The command that regenerates these goldens, repeating a non-default --models/--dir."""
+    import shlex
+    if prog is None and Path(golden_dir) == GOLDEN_DIR and Path(models_dir) == MODELS_DIR:
+        return REGEN_COMMAND
+    parts = [prog or "kdumpsim golden", "--regen"]
+    if Path(models_dir) != MODELS_DIR:
+        parts += ["--models", shlex.quote(str(models_dir))]
+    if Path(golden_dir) != GOLDEN_DIR:
+        parts += ["--dir", shlex.quote(str(golden_dir))]
+    return " ".join(parts)
+
+
+def check_case(case: Case, golden_dir: Path = GOLDEN_DIR, models_dir: Path = MODELS_DIR,
+               regen: str | None = None) -> str | None:
+    """None when the simulation matches the golden file, else a readable report
+    whose hint is `regen` (default: the command for these directories)."""
+    regen = regen or regen_command(golden_dir, models_dir)
     path = case.path(golden_dir)
     if not path.exists():
-        return f"{case.model} seed {case.seed}: no golden file {path}; create it with {REGEN_COMMAND}"
+        return f"{case.model} seed {case.seed}: no golden file {path}; create it with {regen}"
     problems = diff(load_golden(path), simulate_case(case, models_dir))
     if not problems:
         return None
     lines = [f"{case.model} seed {case.seed}: timeline differs from {path}"]
     lines += [f"  {p}" for p in problems]
-    lines.append(f"  if the change is intended, regenerate: {REGEN_COMMAND}")
+    lines.append(f"  if the change is intended, regenerate: {regen}")
     return "\n".join(lines)
 
 
@@ -243,13 +262,24 @@ def regenerate(golden_dir: Path = GOLDEN_DIR, models_dir: Path = MODELS_DIR) -> 
     return written
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare every golden file with the simulation "
+                                                          "(the default); exit 1 on a difference")
+    mode.add_argument("--regen", action="store_true", help="rewrite every golden file from the current simulation")
+    p.add_argument("--dir", type=Path, default=GOLDEN_DIR, help=f"golden directory (default {GOLDEN_DIR})")
+    p.add_argument("--models", type=Path, default=MODELS_DIR, help=f"models directory (default {MODELS_DIR})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kdumpsim.sweep.golden",
                                 description="Check (default) or regenerate the golden timelines in tests/golden.")
-    p.add_argument("--regen", action="store_true", help="rewrite every golden file from the current simulation")
-    p.add_argument("--dir", type=Path, default=GOLDEN_DIR, help=f"golden directory (default {GOLDEN_DIR})")
-    p.add_argument("--models", type=Path, default=MODELS_DIR, help=f"models directory (default {MODELS_DIR})")
-    args = p.parse_args(argv)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace, prog: str | None = None) -> int:
+    """Check or regenerate as `args` (from add_arguments) say; `prog` names the command in hints."""
     if args.regen:
         known = {c.path(args.dir) for c in cases(args.models)}
         for path, size in regenerate(args.dir, args.models):
@@ -259,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = 0
     for case in cases(args.models):
-        report = check_case(case, args.dir, args.models)
+        report = check_case(case, args.dir, args.models, regen_command(args.dir, args.models, prog))
         if report:
             failed += 1
             print(report)

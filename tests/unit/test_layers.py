@@ -19,7 +19,7 @@ LAYERS = [
     {"kexec"},
     {"crash"},
     {"measure"},
-    {"sweep", "lab"},
+    {"sweep", "lab", "importer"},
     {"cli", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
