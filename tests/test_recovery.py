@@ -92,9 +92,16 @@ def test_real_enospc_on_a_tiny_filesystem(tmp_path: Path) -> None:
                       capture_output=True).returncode != 0:
         pytest.skip("this sandbox cannot mount tmpfs")
     try:
+        # A vmcore the disk cannot hold is refused before anything is simulated or written.
         proc = kdumpsim("run", MODEL, *SMALL, "--quiet", "--vmcore", str(mnt / "vmcore"))
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 1 and "No space left on device" in err and "Traceback" not in err
+        assert proc.returncode == 2 and "vmcore" in err and "Traceback" not in err
         assert leftovers(mnt) == []
+        # A write that runs out of room midway: the disk nearly full, then the trace.
+        (mnt / "filler").write_bytes(bytes(8 * 1024 * 1024 - 64 * 1024))
+        proc = kdumpsim("run", MODEL, *SMALL, "--quiet", "--trace", str(mnt / "trace.jsonl"))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1 and "No space left on device" in err and "Traceback" not in err
+        assert leftovers(mnt) == ["filler"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
