@@ -79,3 +79,21 @@ def fmt_size(n: int) -> str:
         if n and n % unit == 0:
             return f"{n // unit}{suffix}"
     return str(n)
+
+
+def fmt_duration_exact(ns: int) -> str:
+    """A duration as a model file reads it back exactly: 5000000 -> '5ms', 1500 -> '1500ns'."""
+    for unit, div in (("s", NS_PER_S), ("ms", 10**6), ("us", 10**3)):
+        if ns and ns % div == 0:
+            return f"{ns // div}{unit}"
+    return f"{ns}ns"
+
+
+def fmt_duration(ns: float, digits: int = 4, sep: str = " ", signed: bool = False) -> str:
+    """A duration for a reader: 12300 -> '12.3 us'; signed: '+12.3 us'."""
+    sign = ("+" if ns >= 0 else "-") if signed else ("-" if ns < 0 else "")
+    a = abs(ns)
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if a >= scale:
+            return f"{sign}{a / scale:.{digits}g}{sep}{unit}"
+    return f"{sign}{a:g}{sep}ns"

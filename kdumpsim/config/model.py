@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from kdumpsim import defaults as D
 from kdumpsim.errors import ConfigError
 from kdumpsim.names import reserved_name
-from kdumpsim.units import parse_duration, parse_rate, parse_size
+from kdumpsim.units import fmt_duration_exact, parse_duration, parse_rate, parse_size
 
 
 def _nonneg_size(v: Any) -> int:
@@ -97,13 +97,6 @@ Design = Annotated[Literal["2005", "2004"], BeforeValidator(_text)]
 def _field_error(field: str, message: str) -> PydanticCustomError:
     """An error a model validator raises for one of its fields (the path gets `field` appended)."""
     return PydanticCustomError("field_error", message.replace("{", "(").replace("}", ")"), {"field": field})
-
-
-def _fmt_ns(ns: int) -> str:
-    for unit, div in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
-        if ns and ns % div == 0:
-            return f"{ns // div}{unit}"
-    return f"{ns}ns"
 
 
 class Strict(BaseModel):
@@ -450,8 +443,8 @@ class TimingSpec(Strict):
     def _order(self) -> TimingSpec:
         for name in ("driver_init", "iommu_init", "vmcore_init"):
             if not 0 <= getattr(self, name) <= self.capture_boot:
-                raise _field_error(name, f"{name} ({_fmt_ns(getattr(self, name))}) must lie within capture_boot "
-                                         f"(0..{_fmt_ns(self.capture_boot)}, counted from the capture kernel's "
+                raise _field_error(name, f"{name} ({fmt_duration_exact(getattr(self, name))}) must lie within capture_boot "
+                                         f"(0..{fmt_duration_exact(self.capture_boot)}, counted from the capture kernel's "
                                          f"start); lower it or raise timing.capture_boot")
         if self.nmi_poll <= 0:
             raise _field_error("nmi_poll", "nmi_poll must be positive (the kernel polls every 1ms)")
@@ -814,7 +807,7 @@ def validate_model(raw: Any, source: str) -> ModelConfig:
     try:
         model = ModelConfig.model_validate(raw)
     except ValidationError as e:
-        raise _config_error(e, source, ModelConfig, raw) from None
+        raise config_error(e, source, ModelConfig, raw) from None
     _fill_era_defaults(model)
     try:
         _check_consistency(model)
@@ -878,8 +871,11 @@ _EXPECTED = {
 }
 
 
-def _config_error(e: ValidationError, source: str, root: type[BaseModel], raw: Any) -> ConfigError:
-    err = e.errors(include_url=False)[0]
+def config_error(e: ValidationError, source: str, root: type[BaseModel], raw: Any) -> ConfigError:
+    """The first pydantic error as one line naming the field (a misspelt key first:
+    it also makes the right one "missing"), for models and experiment files alike."""
+    errors = e.errors(include_url=False)
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     ctx = err.get("ctx") or {}
     if err["type"] == "field_error":

@@ -366,13 +366,17 @@ class _Inspector:
             return None
         if len(found) > 1:
             self.warnings.append(f"{len(found)} VMCOREINFO notes; using the first")
-        text = found[0]["_desc"].split(b"\0", 1)[0].decode("utf-8", "replace")
-        info: dict[str, str] = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                info[key] = value
-        return info
+        return parse_vmcoreinfo(found[0]["_desc"].split(b"\0", 1)[0].decode("utf-8", "replace"))
+
+
+def parse_vmcoreinfo(text: str) -> dict[str, str]:
+    """The VMCOREINFO note's KEY=VALUE lines (kernel/vmcore_info.c) as a mapping: the one parser."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            info[key] = value
+    return info
 
 
 def _bits(ehdr: elf.Ehdr) -> int:

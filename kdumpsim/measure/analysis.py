@@ -42,6 +42,7 @@ import numpy as np
 
 from kdumpsim import defaults as D
 from kdumpsim.firstkernel import mm as FK
+from kdumpsim.formats.reader import parse_vmcoreinfo
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -70,8 +71,7 @@ def read_vmcoreinfo(path: str | os.PathLike) -> dict[str, str]:
             for note in seg.iter_notes():
                 if note["n_name"] == "VMCOREINFO":
                     desc = note["n_desc"]
-                    text = desc if isinstance(desc, str) else bytes(desc).decode("latin-1")
-                    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+                    return parse_vmcoreinfo(desc if isinstance(desc, str) else bytes(desc).decode("latin-1"))
     return {}
 
 

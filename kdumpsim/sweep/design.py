@@ -29,11 +29,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kdumpsim.config.model import ModelConfig, _model_of, read_yaml, set_dotted, validate_model
+from kdumpsim.config.model import ModelConfig, _model_of, config_error, read_yaml, set_dotted, validate_model
 from kdumpsim.errors import ConfigError, LayoutError
 from kdumpsim.machine.layout import derive_seed
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
-from kdumpsim.units import GiB, KiB, MiB, TiB, parse_duration, parse_size
+from kdumpsim.units import fmt_duration, fmt_duration_exact, fmt_size, parse_duration, parse_size
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
@@ -258,25 +258,13 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def _spec_error(e: ValidationError, source: str, raw: Any) -> ConfigError:
-    """The first pydantic error as `field: message`, with did-you-mean for unknown keys."""
-    errors = e.errors(include_url=False)
-    # A misspelt key also makes the right one "missing": report the typo, with its suggestion.
-    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(err["loc"])
-    where = ".".join(str(x) for x in loc)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        known = _fields_at(ExperimentSpec, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-        if known:
-            msg += f"; known keys: {', '.join(known)}"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif loc == ("name",) and err["type"] == "string_pattern_mismatch":
-        msg = (f"{err.get('input')!r} is not a name: use letters, digits, '_', '.' and '-' (one path "
-               "component, not '.' or '..': the default output directory is results/<name>)")
-    return ConfigError(source, where, msg)
+    """An experiment file's schema error, worded as a model's (config.model.config_error)."""
+    err = e.errors(include_url=False)[0]
+    if tuple(err["loc"]) == ("name",) and err["type"] == "string_pattern_mismatch":
+        return ConfigError(source, "name", f"{err.get('input')!r} is not a name: use letters, digits, '_', '.' and '-' "
+                                           "(one path component, not '.' or '..': the default output directory is "
+                                           "results/<name>)")
+    return config_error(e, source, ExperimentSpec, raw)
 
 
 def _fields_at(cls: Any, loc: tuple) -> list[str]:
@@ -480,36 +468,12 @@ def _typed(kind: str, raw: list[float], integral: bool) -> tuple[list[Any], str,
     """(model values, unit, column values, display) of numbers in base units."""
     if kind == "duration":
         ns = [round(x) for x in raw]
-        return [exact_duration(n) for n in ns], "s", [n / 1e9 for n in ns], [fmt_duration(n) for n in ns]
+        return [fmt_duration_exact(n) for n in ns], "s", [n / 1e9 for n in ns], [fmt_duration(n, sep="") for n in ns]
     if kind == "size":
         b = [round(x) for x in raw]
-        return [fmt_bytes(n) for n in b], "bytes", b, [fmt_bytes(n) for n in b]
+        return [fmt_size(n) for n in b], "bytes", b, [fmt_size(n) for n in b]
     vals = [round(x) if integral and abs(x - round(x)) < 1e-9 else float(f"{x:.12g}") for x in raw]
     return vals, "", vals, [_number_text(v) for v in vals]
-
-
-def exact_duration(ns: int) -> str:
-    """A duration as the model reads it back exactly: 5000000 -> '5ms', 1500 -> '1500ns'."""
-    for unit in ("s", "ms", "us"):
-        if ns % NS[unit] == 0:
-            return f"{ns // NS[unit]}{unit}"
-    return f"{ns}ns"
-
-
-def fmt_duration(ns: int) -> str:
-    """Short exact-enough text for a duration in ns: 1500000 -> '1.5ms'."""
-    for unit in ("s", "ms", "us"):
-        if abs(ns) >= NS[unit]:
-            return f"{ns / NS[unit]:.4g}{unit}"
-    return f"{ns}ns"
-
-
-def fmt_bytes(n: int) -> str:
-    """Exact size text: 268435456 -> '256M', 1536 -> '1536'."""
-    for suffix, unit in (("T", TiB), ("G", GiB), ("M", MiB), ("K", KiB)):
-        if n and n % unit == 0:
-            return f"{n // unit}{suffix}"
-    return str(n)
 
 
 def _sample_axes(s: SampleSpec, master: int, source: str) -> list[Axis]:

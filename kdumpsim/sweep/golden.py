@@ -34,6 +34,7 @@ from typing import Any
 
 from kdumpsim import paths
 from kdumpsim.trace.events import Event
+from kdumpsim.units import fmt_duration
 
 ROOT = paths.ROOT
 GOLDEN_DIR = ROOT / "tests" / "golden"
@@ -131,15 +132,6 @@ def load_golden(path: Path) -> Golden:
 
 
 # ------------------------------------------------------------------ diff
-def fmt_delta(ns: int) -> str:
-    sign = "+" if ns >= 0 else "-"
-    a = abs(ns)
-    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
-        if a >= scale:
-            return f"{sign}{a / scale:.4g} {unit}"
-    return f"{sign}{a} ns"
-
-
 def _match(exp: list[dict[str, Any]], act: list[dict[str, Any]]):
     """Pair up events of the two timelines, per (actor, kind) stream in order:
     identical records first (difflib), then the rest of each differing stretch
@@ -201,12 +193,12 @@ def diff(expected: Golden, actual: Golden) -> list[str]:
         elif name not in ep:
             summary.append(f"phase {name} now reached at {ap[name]} ns")
         elif ep[name] != ap[name]:
-            summary.append(f"{name} moved {fmt_delta(ap[name] - ep[name])}")
+            summary.append(f"{name} moved {fmt_duration(signed=True, ns=ap[name] - ep[name])}")
     moved, changed, added, removed = _match(exp, act)
     if moved:
         deltas = [y["time_ns"] - x["time_ns"] for _, _, x, y in moved]
         big = max(deltas, key=abs)
-        summary.append(f"{_n(len(moved))} moved (largest {fmt_delta(big)}: {_count_list(moved, 3)})")
+        summary.append(f"{_n(len(moved))} moved (largest {fmt_duration(signed=True, ns=big)}: {_count_list(moved, 3)})")
     if added:
         summary.append(f"{_n(len(added))} added ({_count_list(added)})")
     if removed:

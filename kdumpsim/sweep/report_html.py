@@ -262,14 +262,14 @@ def field_values(cfg: Any, fields: list[str]) -> dict[str, str]:
 
 
 def _value_text(field: str, v: Any) -> str:
-    from kdumpsim.trace.timeline import fmt_ns
+    from kdumpsim.units import fmt_duration
     name = field.rsplit(".", 1)[-1]
     if isinstance(v, int) and not isinstance(v, bool):
         if "size" in name:
             return f"{v / 2**20:g} MiB" if v >= 2**20 else f"{v} bytes"
         if "rate" in name or "bandwidth" in name or "throughput" in name:
             return f"{v / 1e6:g} MB/s"
-        return fmt_ns(v)
+        return fmt_duration(v, digits=6)
     if isinstance(v, float) and ("rate" in name or "bandwidth" in name or "throughput" in name):
         return f"{v / 1e6:g} MB/s"
     return str(v)
