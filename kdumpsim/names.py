@@ -65,3 +65,18 @@ FIRST_KERNEL_REGIONS = ("crash_notes", "vmcoreinfo")
 RESERVATION_FREE = "reservation_free"
 FIRST_KERNEL_RAM = "first_kernel_ram"
 CMA = "cma"                  # the CMA crashkernel area: capture-kernel RAM after the jump
+
+# ---------------------------------------------------------------- phases
+# The moments of the crash path, in order: each is a trace event of that kind,
+# a key of run.phase and a t_<phase> results column.
+PHASES = {
+    "nmi_shootdown_done": "the NMI round ended: every other CPU halted, or the 1000 ms wait ran out",
+    "purgatory_start": "machine_kexec jumped to purgatory",
+    "purgatory_end": "purgatory jumped to the capture kernel",
+    "hang": "purgatory's sha256 check failed: it loops forever",
+    "capture_boot_start": "the capture kernel started",
+    "vmcore_init": "/proc/vmcore was set up (or not, if the ELF headers were bad)",
+    "capture_boot_end": "the capture kernel finished booting",
+    "dump_start": "the dump copy began reading /proc/vmcore",
+    "dump_end": "the dump copy finished",
+}

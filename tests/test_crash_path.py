@@ -60,7 +60,7 @@ def test_dma_into_a_segment_before_purgatory_is_detected() -> None:
     assert run.outcome == "purgatory_mismatch"
     assert run.metrics["detected"] is True
     assert run.trace.first("purgatory_mismatch") is not None
-    assert run.trace.first("boot_start") is None          # purgatory hangs: no capture kernel
+    assert run.trace.first("capture_boot_start") is None          # purgatory hangs: no capture kernel
     assert run.metrics["regions"]["kernel"]["writers"].keys() == {"dev0"}
 
 

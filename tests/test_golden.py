@@ -50,7 +50,7 @@ def _events() -> list[Event]:
             Event(50_000, "nic0", "dma_write", {"addr": 0x1000, "bytes": 64, "region": "first_kernel_ram"}),
             Event(1_072_000, "purgatory", "purgatory_start", {}),
             Event(1_072_000, "purgatory", "sha256_segment", {"segment": "kernel"}),
-            Event(9_000_000, "purgatory", "jump_to_kernel", {})]
+            Event(9_000_000, "purgatory", "purgatory_end", {})]
 
 
 def test_identical_timelines_have_no_diff() -> None:

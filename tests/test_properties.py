@@ -154,7 +154,7 @@ def check_outcome_is_known_and_agrees_with_the_trace(run: CrashRun) -> None:
     assert (run.outcome == "purgatory_mismatch") == ("purgatory_mismatch" in kinds)
     assert (run.outcome == "capture_kernel_corrupted") == ("capture_kernel_corrupted" in kinds)
     if run.outcome in ("ok", "ok_dump_corrupted", "cpu_state_missing"):
-        assert "dump_copy_done" in kinds
+        assert "dump_end" in kinds
 
 
 def check_phases_in_order(run: CrashRun) -> None:
@@ -216,7 +216,7 @@ def check_no_dma_after_the_device_stopped(run: CrashRun) -> None:
 
 def check_dump_copy_reads_each_byte_once(run: CrashRun) -> None:
     if run.copy is None:
-        assert "dump_copy_start" not in {e.kind for e in run.trace}
+        assert "dump_start" not in {e.kind for e in run.trace}
         return
     v, copy_ = run.vmcore, run.copy
     chunks = list(v.chunks)

@@ -19,7 +19,7 @@ from kdumpsim.crash.dma import wait_until
 from kdumpsim.crash.integrity import changed_segments
 from kdumpsim.crash.procvmcore import VmcoreInitError, layout_2004, vmcore_init
 from kdumpsim.formats.vmcorefile import VmcoreLayout
-from kdumpsim.names import IOMMU
+from kdumpsim.names import CAPTURE, IOMMU
 from kdumpsim.units import NS_PER_S, transfer_ns
 
 if TYPE_CHECKING:
@@ -43,35 +43,30 @@ class VmcoreCopy:
 def capture_kernel(run: CrashRun) -> Generator:
     env, t = run.env, run.timing
     jump = env.now
-    run.phase["capture_boot_start"] = jump
-    run.trace(env.now, "capture", "boot_start", cmdline=run.image.cmdline)
+    run.mark("capture_boot_start", CAPTURE, cmdline=run.image.cmdline)
     env.process(_iommu_init(run, jump + t.iommu_init))
     env.process(_driver_probes(run, jump))
     yield env.timeout(t.vmcore_init)
-    run.phase["vmcore_init"] = env.now
     run.vmcore = _vmcore_init(run)
     yield env.timeout(jump + t.capture_boot - env.now)
-    run.phase["capture_boot_end"] = env.now
     run.capture_corrupted = changed_segments(run, ("kernel", "initrd", "params"), env.now)
     if run.capture_corrupted:
         # A capture kernel whose text, initrd or parameters changed under it
         # cannot be trusted to do anything; we count it as producing no dump.
-        run.trace(env.now, "capture", "capture_kernel_corrupted", bytes=run.capture_corrupted)
+        run.trace(env.now, CAPTURE, "capture_kernel_corrupted", bytes=run.capture_corrupted)
         return
-    run.trace(env.now, "capture", "boot_done")
+    run.mark("capture_boot_end", CAPTURE)
     if run.vmcore is None:
         return
     yield env.timeout(t.dump_start_delay)
     copy = VmcoreCopy(run.vmcore, env.now, t.dump_throughput)
     run.copy = copy
-    run.phase["dump_start"] = env.now
-    run.trace(env.now, "capture", "dump_copy_start", bytes=run.vmcore.size)
+    run.mark("dump_start", CAPTURE, bytes=run.vmcore.size)
     for chunk in run.vmcore.chunks:      # one event per PT_LOAD, for the timeline
         yield env.timeout(max(0, copy.read_time(chunk.offset + chunk.size) - env.now))
-        run.trace(env.now, "capture", "dump_copy_segment", paddr=chunk.paddr, bytes=chunk.size)
+        run.trace(env.now, CAPTURE, "dump_copy_segment", paddr=chunk.paddr, bytes=chunk.size)
     yield env.timeout(max(0, copy.end - env.now))
-    run.phase["dump_end"] = env.now
-    run.trace(env.now, "capture", "dump_copy_done", bytes=run.vmcore.size)
+    run.mark("dump_end", CAPTURE, bytes=run.vmcore.size)
 
 
 def _iommu_init(run: CrashRun, at: int) -> Generator:
@@ -129,8 +124,9 @@ def _vmcore_init(run: CrashRun) -> VmcoreLayout | None:
             layout = vmcore_init(m.memory, image.elfcorehdr, env.now, m.arch, m.era, m.ram_ranges[-1][1])
     except (VmcoreInitError, ValueError) as e:
         run.vmcore_error = str(e)
-        run.trace(env.now, "capture", "vmcore_init_failed", reason=str(e))
+        run.mark("vmcore_init", CAPTURE, size=0)
+        run.trace(env.now, CAPTURE, "vmcore_init_failed", reason=str(e))
         return None
-    run.trace(env.now, "capture", "vmcore_init", size=layout.size, notes=len(layout.note_sources),
-              dropped_notes=len(layout.dropped_notes))
+    run.mark("vmcore_init", CAPTURE, size=layout.size, notes=len(layout.note_sources),
+             dropped_notes=len(layout.dropped_notes))
     return layout

@@ -165,8 +165,7 @@ def machine_crash_shutdown(run: CrashRun) -> Generator:
     missing = [c.id for c in others if c.state != "halted"]
     if missing:
         run.trace(env.now, actor, "nmi_timeout", missing=missing)
-    run.trace(env.now, actor, "nmi_shootdown_done", waited_ns=env.now)
-    run.phase["nmi_shootdown_done"] = env.now
+    run.mark("nmi_shootdown_done", actor, waited_ns=env.now)
     printk.shootdown_log(m, env.now, run.cpus, me.id)
     # 2005 (paper 3.3): lapic_shutdown, then disable_IO_APIC. Modern
     # native_machine_crash_shutdown: clear_IO_APIC, lapic_shutdown, ..., hpet_disable.
@@ -188,4 +187,3 @@ def machine_crash_shutdown(run: CrashRun) -> Generator:
         yield env.timeout(t.cma_dma_wait)
     yield env.timeout(t.machine_kexec)
     run.trace(env.now, actor, "machine_kexec", entry=run.image.entry)
-    run.phase["purgatory_start"] = env.now

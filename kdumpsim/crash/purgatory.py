@@ -18,6 +18,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
+from kdumpsim.names import PURGATORY
 from kdumpsim.units import transfer_ns
 
 if TYPE_CHECKING:
@@ -27,21 +28,20 @@ if TYPE_CHECKING:
 def purgatory(run: CrashRun) -> Generator:
     """Returns True when control reaches the capture kernel, False if purgatory hangs."""
     env, image = run.env, run.image
-    run.trace(env.now, "purgatory", "purgatory_start")
+    run.mark("purgatory_start", PURGATORY)
     if image.sha256_digest is None:
         run.purgatory_result = "skipped"
-        run.trace(env.now, "purgatory", "sha256_skipped")
+        run.trace(env.now, PURGATORY, "sha256_skipped")
     else:
         ok = yield from verify_sha256_digest(run)
         if not ok:
             run.purgatory_result = "mismatch"
-            run.trace(env.now, "purgatory", "purgatory_mismatch")
+            run.trace(env.now, PURGATORY, "purgatory_mismatch")
             return False      # "sha256 digests do not match :(" and for (;;);
         run.purgatory_result = "ok"
     if image.backup_src is not None and image.backup_dest is not None:
         yield from crashdump_backup_memory(run)
-    run.phase["purgatory_end"] = env.now
-    run.trace(env.now, "purgatory", "jump_to_kernel", entry=image.entry)
+    run.mark("purgatory_end", PURGATORY, entry=image.entry)
     return True
 
 
@@ -52,7 +52,7 @@ def verify_sha256_digest(run: CrashRun) -> Generator:
     for seg in run.image.segments:
         if not seg.hashed:
             continue
-        run.trace(env.now, "purgatory", "sha256_segment", segment=seg.name, start=seg.start, memsz=seg.memsz)
+        run.trace(env.now, PURGATORY, "sha256_segment", segment=seg.name, start=seg.start, memsz=seg.memsz)
         run.hash_times[seg.name] = (env.now, None)
         for off in range(0, seg.memsz, chunk):
             n = min(chunk, seg.memsz - off)
@@ -68,14 +68,14 @@ def crashdump_backup_memory(run: CrashRun) -> Generator:
     env, mem, image = run.env, run.machine.memory, run.image
     src, size = image.backup_src
     dest = image.backup_dest
-    run.trace(env.now, "purgatory", "backup_start", src=src, dest=dest, bytes=size)
+    run.trace(env.now, PURGATORY, "backup_start", src=src, dest=dest, bytes=size)
     chunk = D.PURGATORY_HASH_CHUNK
     for off in range(0, size, chunk):
         n = min(chunk, size - off)
         data = mem.read(src + off, n, env.now)
         yield env.timeout(transfer_ns(n, run.timing.backup_copy_rate))
         mem.write(dest + off, data, env.now, "purgatory")
-    run.trace(env.now, "purgatory", "backup_done")
+    run.trace(env.now, PURGATORY, "backup_done")
 
 
 def relocate_2004(run: CrashRun) -> Generator:
@@ -84,16 +84,15 @@ def relocate_2004(run: CrashRun) -> Generator:
     (kexec's relocate_kernel). No digest: corruption goes unnoticed."""
     env, mem, image = run.env, run.machine.memory, run.image
     run.purgatory_result = "none"
-    run.trace(env.now, "purgatory", "purgatory_start")
+    run.mark("purgatory_start", PURGATORY)
     yield from crashdump_backup_memory(run)
     rate = run.timing.backup_copy_rate
     for seg in image.segments:
-        run.trace(env.now, "purgatory", "relocate_segment", segment=seg.name, dest=seg.start, pages=len(seg.sources))
+        run.trace(env.now, PURGATORY, "relocate_segment", segment=seg.name, dest=seg.start, pages=len(seg.sources))
         for i, src in enumerate(seg.sources):
             data = mem.read(src, D.PAGE_SIZE, env.now)
             yield env.timeout(transfer_ns(D.PAGE_SIZE, rate))
             mem.write(seg.start + i * D.PAGE_SIZE, data, env.now, "purgatory")
         run.hash_times[seg.name] = (env.now, env.now)
-    run.phase["purgatory_end"] = env.now
-    run.trace(env.now, "purgatory", "jump_to_kernel", entry=image.entry)
+    run.mark("purgatory_end", PURGATORY, entry=image.entry)
     return True

@@ -27,7 +27,7 @@ from kdumpsim.firstkernel import printk, vmcoreinfo
 from kdumpsim.formats.vmcorefile import VmcoreLayout
 from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
 from kdumpsim.machine.layout import Machine
-from kdumpsim.names import CMA, FIRST_KERNEL_RAM, KEXEC, RESERVATION_FREE
+from kdumpsim.names import CMA, FIRST_KERNEL_RAM, KEXEC, PHASES, PURGATORY, RESERVATION_FREE
 from kdumpsim.trace.events import Trace
 
 
@@ -58,6 +58,13 @@ class CrashRun:
         return self.machine.cfg.timing
 
     device_names: set[str] = field(default_factory=set)
+
+    def mark(self, phase: str, actor: str, **details: Any) -> None:
+        """A phase of the crash path reached now: one name (names.PHASES) in
+        run.phase, the trace and the results' t_<phase> columns."""
+        assert phase in PHASES, phase
+        self.phase[phase] = self.env.now
+        self.trace(self.env.now, actor, phase, **details)
 
     @property
     def seed(self) -> int:
@@ -151,6 +158,6 @@ def crash_path(run: CrashRun) -> Generator:
     step = relocate_2004 if run.machine.cfg.design == "2004" else purgatory
     reached_kernel = yield from step(run)
     if not reached_kernel:
-        run.phase["hang"] = env.now
+        run.mark("hang", PURGATORY)
         return
     yield from capture_kernel(run)

@@ -18,7 +18,7 @@ Spans, from the events alone:
   (-> trace end, drawn faintly: those tracks show what it does);
 - purgatory: sha256 of each segment (until the next purgatory event), backup,
   2004 relocation per segment, the hang after a digest mismatch;
-- capture kernel: boot (boot_start -> boot_done / capture_kernel_corrupted),
+- capture kernel: boot (capture_boot_start -> capture_boot_end / capture_kernel_corrupted),
   dump start delay, dump copy with one child span per PT_LOAD;
 - DMA engine: active from its first post-panic DMA (write, fault or write to
   nowhere) until dma_stopped (or the trace end), and an instant per write.
@@ -146,8 +146,8 @@ def build_timeline(events: list[Event]) -> Timeline:
         if actor not in cpus and actor not in PATH_ACTORS and actor not in devices:
             tracks.append(_instant_track(actor, "other", by_actor[actor]))
     phases = {e.kind: e.time for e in events if e.kind in (
-        "panic", "nmi_shootdown_done", "machine_kexec", "purgatory_start", "jump_to_kernel", "boot_start",
-        "vmcore_init", "boot_done", "dump_copy_start", "dump_copy_done", "purgatory_mismatch",
+        "panic", "nmi_shootdown_done", "machine_kexec", "purgatory_start", "purgatory_end", "capture_boot_start",
+        "vmcore_init", "capture_boot_end", "dump_start", "dump_end", "purgatory_mismatch",
         "capture_kernel_corrupted")}
     return Timeline(tracks, start, end, panic, panic_ev.actor if panic_ev else None, phases)
 
@@ -204,7 +204,7 @@ def _purgatory_track(evs: list[Event], end: int) -> Track:
     start = _first(evs, "purgatory_start")
     if start is None:
         return t
-    finish = _first(evs, "jump_to_kernel", "purgatory_mismatch")
+    finish = _first(evs, "purgatory_end", "purgatory_mismatch")
     p_end = finish.time if finish else end
     t.spans.append(Span(start.time, p_end, "purgatory", "purgatory"))
     for i, e in enumerate(evs):
@@ -228,20 +228,20 @@ def _purgatory_track(evs: list[Event], end: int) -> Track:
 def _capture_track(evs: list[Event], end: int) -> Track:
     t = Track("capture", "path", "capture kernel")
     t.instants = [_instant(e) for e in evs if e.kind != "dump_copy_segment"]
-    boot = _first(evs, "boot_start")
+    boot = _first(evs, "capture_boot_start")
     if boot is None:
         return t
-    booted = _first(evs, "boot_done", "capture_kernel_corrupted")
+    booted = _first(evs, "capture_boot_end", "capture_kernel_corrupted")
     t.spans.append(Span(boot.time, booted.time if booted else end, "capture kernel boot", "boot"))
     if _first(evs, "capture_kernel_corrupted"):
         t.note = "corrupted: no dump"
     elif _first(evs, "vmcore_init_failed"):
         t.note = "no /proc/vmcore"
-    copy = _first(evs, "dump_copy_start")
-    if booted is not None and booted.kind == "boot_done" and copy is not None:
+    copy = _first(evs, "dump_start")
+    if booted is not None and booted.kind == "capture_boot_end" and copy is not None:
         t.spans.append(Span(booted.time, copy.time, "dump start delay", "delay"))
     if copy is not None:
-        done = _first(evs, "dump_copy_done")
+        done = _first(evs, "dump_end")
         t.spans.append(Span(copy.time, done.time if done else end, "dump copy (/proc/vmcore)", "dump",
                             0, dict(copy.details)))
         prev, n = copy.time, 0
@@ -417,9 +417,9 @@ CATEGORY_STYLE: dict[str, tuple[str, str]] = {   # cat -> (colour, legend label)
 # Phases of the capture path, drawn as labelled bands above the rows.
 PHASE_BANDS = (("panic", "nmi_shootdown_done", "NMI round", "#6b1d1d"),
                ("nmi_shootdown_done", "machine_kexec", "shutdown", "#b0413e"),
-               ("purgatory_start", "jump_to_kernel", "purgatory", "#0072B2"),
-               ("boot_start", "boot_done", "capture kernel boot", "#d8c600"),
-               ("dump_copy_start", "dump_copy_done", "dump copy", "#009E73"))
+               ("purgatory_start", "purgatory_end", "purgatory", "#0072B2"),
+               ("capture_boot_start", "capture_boot_end", "capture kernel boot", "#d8c600"),
+               ("dump_start", "dump_end", "dump copy", "#009E73"))
 # Instants on the phase row: key -> (label, marker, colour).
 PHASE_MARKS = {"iommu_init": ("IOMMU init", "D", "#0072B2"), "driver_probe": ("driver probe", "^", "#009E73"),
                "vmcore_init": ("vmcore init", "o", "#555555"),
