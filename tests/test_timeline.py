@@ -338,7 +338,10 @@ def test_a_minimal_trace_still_draws(tmp_path) -> None:
               Event(3000, "cpu1", "nmi_received", {}), Event(8000, "cpu1", "halted", {})]
     doc = to_perfetto(events)
     assert set(_tracks(doc).values()) == {"cpu0 (panic)", "cpu1"}
-    assert plot_gantt(events, tmp_path / "m.png").stat().st_size > 0
+    png = plot_gantt(events, tmp_path / "m.png")
+    from PIL import Image
+    with Image.open(png) as im:                       # a real PNG of a page-wide chart
+        assert im.format == "PNG" and im.size[0] >= 600
 
 
 def _read(buf: io.StringIO) -> list[Event]:
