@@ -393,6 +393,8 @@ class KexecSpec(Strict):
     # crashkernel=SIZE,cma (Linux 6.17): an extra area the first kernel uses for
     # movable pages and the capture kernel gets as RAM, left out of the dump.
     crashkernel_cma: Size | None = None
+    # crashkernel=Y,low: the low region kept below 4 GiB when the reservation is above it.
+    crashkernel_low: Size | None = None
 
 
 def _version_text(v: Any) -> Any:

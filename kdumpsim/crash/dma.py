@@ -136,8 +136,8 @@ class DmaEngine:
             elif m.overlaps_kernel(a, end):
                 why = "overlaps the kernel image (" + ", ".join(
                     f"{ks:#x}-{ke - 1:#x}" for ks, ke in m.kernel_ranges if ks < end and a < ke) + ")"
-            elif a < res.end and res.start < end:
-                why = f"overlaps the crashkernel reservation {res.start:#x}-{res.end - 1:#x}"
+            elif res.overlaps(a, end):
+                why = "overlaps the crashkernel reservation " + ", ".join(f"{s:#x}-{e - 1:#x}" for s, e in res.spans)
             if why:
                 raise LayoutError(f"{self.field}.placement.addresses.{i}",
                                   f"buffer {a:#x}-{end - 1:#x} {why}: the first kernel's allocator could not "

@@ -97,7 +97,7 @@ class CrashRun:
 
     def _plain_region(self, addr: int) -> str:
         r, cma = self.machine.reservation, self.machine.cma
-        if r.start <= addr < r.end:
+        if r.overlaps(addr, addr + 1):
             return RESERVATION_FREE
         if cma is not None and cma[0] <= addr < cma[1]:
             return CMA
@@ -105,7 +105,7 @@ class CrashRun:
 
     def _plain_boundary(self, pos: int, stop: int) -> int:
         """The first reservation or CMA edge in (pos, stop)."""
-        edges = [self.machine.reservation.start, self.machine.reservation.end]
+        edges = [e for span in self.machine.reservation.spans for e in span]
         if self.machine.cma is not None:
             edges += list(self.machine.cma)
         return min([e for e in edges if pos < e < stop], default=stop)

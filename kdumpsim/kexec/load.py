@@ -301,7 +301,8 @@ def crash_memory_ranges(machine: Machine, backup_src: tuple[int, int] | None) ->
     """System RAM minus the reservation (kexec-tools get_crash_memory_ranges),
     with the backed-up low range split off so it gets its own PT_LOAD."""
     free = FreeRanges(list(machine.ram_ranges))
-    free.remove(machine.reservation.start, machine.reservation.end)
+    for span in machine.reservation.spans:          # the low region of a ,high reservation too
+        free.remove(*span)
     if machine.cma is not None:
         # The CMA area becomes capture-kernel RAM and leaves the dump, as the
         # kernel's elf_header_exclude_ranges does on the kexec_file_load path

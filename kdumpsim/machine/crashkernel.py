@@ -30,10 +30,19 @@ class Reservation:
     end: int          # exclusive
     spec: str         # the crashkernel= text
     automatic: bool   # placed by the kernel (crashkernel=X) rather than X@Y
+    low: tuple[int, int] | None = None    # the low region kept below 4 GiB when the main one is above
 
     @property
     def size(self) -> int:
         return self.end - self.start
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Every range reserved for the capture kernel: its RAM, left out of the dump."""
+        return [(self.start, self.end)] + ([self.low] if self.low else [])
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return any(s < end and start < e for s, e in self.spans)
 
 
 
@@ -51,7 +60,10 @@ def parse_crashkernel(spec: str, ram_total: int) -> tuple[int, int | None]:
     if "@" in text:
         text, _, at = text.rpartition("@")
         base = _size("kexec.crashkernel", at, spec, "base")
-    text = text.removesuffix(",high").removesuffix(",low")
+    if text.endswith(",low"):
+        raise LayoutError("kexec.crashkernel", f"{spec!r}: ,low sizes the low region of a ,high reservation; "
+                          "give it as kexec.crashkernel_low")
+    text = text.removesuffix(",high")
     if ":" in text:
         size = _range_size(text, spec, ram_total)
     else:
@@ -136,6 +148,10 @@ def reserve_crashkernel(machine: Machine) -> Reservation:
 def _place(machine: Machine) -> Reservation:
     spec = machine.cfg.kexec.crashkernel
     size, base = parse_crashkernel(spec, machine.ram_total)
+    high = spec.strip().split("@")[0].endswith(",high")
+    if high and (base is not None or machine.arch != "x86_64"):
+        raise LayoutError("kexec.crashkernel", f"{spec!r}: ,high is for an automatic x86_64 reservation "
+                          "(crashkernel=SIZE,high)")
     if base is not None:
         # reserve_crashkernel: memblock_phys_alloc_range(size, SZ_1M, base, base + size)
         if base % MiB:
@@ -161,15 +177,32 @@ def _place(machine: Machine) -> Reservation:
     free.remove(*machine.kernel_image)
     limits = ([D.CRASH_ADDR_LOW_MAX_X86_64, D.CRASH_ADDR_HIGH_MAX_X86_64]
               if machine.arch == "x86_64" else [D.CRASH_ADDR_MAX_I386])
+    if high:
+        limits = limits[1:]                       # ",high": straight to high memory
     for hi in limits:
         start = free.alloc(size, D.CRASH_ALIGN, top_down=True, lo=D.CRASH_ALIGN, hi=hi)
         if start is not None:
-            return Reservation(start, start + size, spec, automatic=True)
+            low = _reserve_low(machine, free) if start >= D.CRASH_ADDR_LOW_MAX_X86_64 else None
+            return Reservation(start, start + size, spec, automatic=True, low=low)
     largest = max((e - s for s, e in free.ranges), default=0)
     raise LayoutError("kexec.crashkernel", f"no {fmt_size(size)} of System RAM, 16 MiB aligned, below "
                       f"{fmt_size(limits[-1])} for crashkernel={spec} "
                       "(crashkernel reservation failed - No suitable area found.); the largest free System RAM "
                       f"range is {largest / MiB:.1f} MiB, ask for less")
+
+
+def _reserve_low(machine: Machine, free: FreeRanges) -> tuple[int, int]:
+    """reserve_crashkernel_low (arch/x86/kernel/setup.c, 6.1): a reservation above
+    4 GiB keeps a low one for the capture kernel's swiotlb and DMA32 allocations:
+    crashkernel=Y,low, or max(swiotlb_size_or_default() + 8M, 256M), 16 MiB
+    aligned, top-down below 4 GiB (docs/SOURCES.md §6)."""
+    given = machine.cfg.kexec.crashkernel_low
+    size = given if given is not None else max(D.SWIOTLB_DEFAULT_SIZE + 8 * MiB, 256 * MiB)
+    start = free.alloc(size, D.CRASH_ALIGN, top_down=True, lo=0, hi=D.CRASH_ADDR_LOW_MAX_X86_64)
+    if start is None:
+        raise LayoutError("kexec.crashkernel", f"no {fmt_size(size)} below 4 GiB for the low region a reservation "
+                          "above 4 GiB needs (crashkernel low memory reservation failed); set kexec.crashkernel_low")
+    return (start, start + size)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ class Machine:
         self.first_kernel_free.remove(0, 1 * MiB)                 # BIOS data, trampoline, ISA holes
         for ks, ke in self.kernel_ranges:
             self.first_kernel_free.remove(ks, ke)
-        self.first_kernel_free.remove(self.reservation.start, self.reservation.end)
+        for span in self.reservation.spans:
+            self.first_kernel_free.remove(*span)
         self._place_crash_notes()
         self.cma = self._reserve_cma()
         # The structures crash tools read: page tables, mem_map, log buffer (kdumpsim.firstkernel).
@@ -80,7 +81,7 @@ class Machine:
         self.page_pool = RandomPlacer(self.first_kernel_free.ranges, self.taken)
         self.allocator = PageAllocator(self)
         self.memory = PhysicalMemory(self.ram_ranges, derive_seed(self.seed, "ram"),
-                                     zero=[(self.reservation.start, self.reservation.end)])
+                                     zero=self.reservation.spans)
         if self.kernel_structs is not None:
             self.kernel_structs.install(self.memory)
 
@@ -174,7 +175,8 @@ class Machine:
 
     def describe_reservation(self) -> str:
         r = self.reservation
-        return f"{fmt_size(r.size)} at {r.start:#x}-{r.end - 1:#x}"
+        low = f" + low {fmt_size(r.low[1] - r.low[0])} at {r.low[0]:#x}-{r.low[1] - 1:#x}" if r.low else ""
+        return f"{fmt_size(r.size)} at {r.start:#x}-{r.end - 1:#x}{low}"
 
     def overlaps_kernel(self, start: int, end: int) -> bool:
         return any(overlaps((start, end), r) for r in self.kernel_ranges)

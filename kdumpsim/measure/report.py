@@ -32,6 +32,7 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "panic_cpu": m.cfg.cpus.panic_cpu,
         "ram": [{"start": s, "end": e} for s, e in m.ram_ranges],
         "reservation": {"start": m.reservation.start, "end": m.reservation.end,
+                        "low": list(m.reservation.low) if m.reservation.low else None,
                         "crashkernel": m.reservation.spec, "automatic": m.reservation.automatic},
         "backup": ({"src": image.backup_src[0], "size": image.backup_src[1], "dest": image.backup_dest}
                           if image.backup_src and image.backup_dest is not None else None),

@@ -28,3 +28,28 @@ def test_ram_is_rounded_up_to_128m_before_matching() -> None:
 def test_the_kernel_refuses(spec: str, fragment: str) -> None:
     with pytest.raises(LayoutError, match=fragment):
         parse_crashkernel(spec, 1 * GiB)
+
+
+def test_high_reserves_above_4g_with_a_low_region_both_left_out_of_the_dump():
+    from kdumpsim.measure import simulate
+    from kdumpsim.measure.report import build_report
+    from conftest import load_named
+    run = simulate(load_named("modern-x86_64", "kexec.crashkernel=256M,high", "devices=[]"), 0)
+    r = run.machine.reservation
+    assert r.start >= 4 << 30 and r.size == 256 * MiB
+    assert r.low is not None and r.low[1] <= 4 << 30 and r.low[1] - r.low[0] == 256 * MiB   # max(64M + 8M, 256M)
+    assert build_report(run)["reservation"]["low"] == list(r.low)
+    for chunk in run.vmcore.chunks:                       # neither region is dumped (the backup copy
+        assert not r.overlaps(chunk.origin, chunk.origin + chunk.size)   # lives in one, standing for low RAM)
+    assert all(r.start <= s.start and s.end <= r.end for s in run.image.segments)
+
+
+def test_low_size_can_be_given_and_high_needs_an_automatic_x86_64_reservation():
+    import pytest
+
+    from conftest import load_named
+    from kdumpsim.machine.layout import Machine
+    m = Machine(load_named("modern-x86_64", "kexec.crashkernel=256M,high", "kexec.crashkernel_low=128M"), 0)
+    assert m.reservation.low[1] - m.reservation.low[0] == 128 * MiB
+    with pytest.raises(LayoutError, match=",high is for an automatic"):
+        Machine(load_named("modern-x86_64", "kexec.crashkernel=256M,high@6G"), 0)
