@@ -54,6 +54,9 @@ IOMMU_FRESH_TABLES = "1ms"
 IOVA_SAC_LIMIT = 1 << 32
 IOVA_MSI_WINDOW = (0xFEE0_0000, 0xFEF0_0000)
 # CMA crashkernel (kernel/crash_core.c crash_cma_clear_pending_dma): CMA_DMA_TIMEOUT_SEC.
+# panic()'s console output before kdump: the real 6.1 sysrq panic (shared sample's
+# dmesg-kexec_file.txt, docs/SOURCES.md §5) is 44 lines, 2449 bytes with timestamps.
+PANIC_CONSOLE_BYTES = 2449
 SWIOTLB_DEFAULT_SIZE = 64 * MiB   # include/linux/swiotlb.h IO_TLB_DEFAULT_SIZE
 CMA_DMA_WAIT = "10s"
 CMA_ALIGN = 4 * MiB               # CMA areas are pageblock/MAX_ORDER aligned (assumption: 4 MiB)

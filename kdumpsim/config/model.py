@@ -413,6 +413,13 @@ class KernelSpec(Strict):
     # them ("Kernel code", "Kernel rodata", ...; the gaps between are free memory).
     # None: the arch's load address (x86_64: 16 MiB) and an assumed size.
     image: list[tuple[Size, Size]] | None = Field(default=None, min_length=1)
+    # panic() prints its banner and stack before kdump runs; on a synchronous console
+    # (a serial line: 115200 baud is 11520B/s) that takes the text's length / rate.
+    # None: no console the panic waits for.
+    console_rate: Rate | None = None
+    # crash_kexec_post_notifiers (forced on Hyper-V, SEV-SNP hosts, powerpc fadump):
+    # stop the other CPUs, run the panic notifiers and kmsg_dump, then kdump.
+    crash_kexec_post_notifiers: bool = False
 
     @model_validator(mode="after")
     def _image(self) -> KernelSpec:
@@ -437,6 +444,7 @@ class TimingSpec(Strict):
     iommu_init: Duration = parse_duration(D.CAPTURE_IOMMU_INIT)
     iommu_fresh_tables: Duration = parse_duration(D.IOMMU_FRESH_TABLES)
     cma_dma_wait: Duration = parse_duration(D.CMA_DMA_WAIT)
+    panic_notifiers: Duration = 0        # panic notifiers + kmsg_dump with crash_kexec_post_notifiers (assumption)
     vmcore_init: Duration = parse_duration(D.VMCORE_INIT_AT)
     dump_start_delay: Duration = parse_duration(D.DUMP_START_DELAY)
     dump_throughput: Rate | None = None

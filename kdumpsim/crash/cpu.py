@@ -21,6 +21,7 @@ from kdumpsim import defaults as D
 from kdumpsim.firstkernel import printk
 from kdumpsim.firstkernel.vmcoreinfo import CRASHTIME_EPOCH, crash_save_vmcoreinfo
 from kdumpsim.formats import elf
+from kdumpsim.units import transfer_ns
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -142,17 +143,25 @@ def crash_nmi_callback(run: CrashRun, cpu: CpuState, latency: int) -> Generator:
     run.trace(env.now, f"cpu{cpu.id}", "halted")
 
 
-def machine_crash_shutdown(run: CrashRun) -> Generator:
-    """The panicking CPU, from panic() to the jump into purgatory."""
+def panic_front(run: CrashRun, me: CpuState, actor: str) -> Generator:
+    """panic() before kdump (kernel/panic.c, 6.1): the banner and stack go to the
+    console, which a synchronous one makes the CPU wait for; with
+    crash_kexec_post_notifiers the other CPUs are stopped first
+    (crash_smp_send_stop), then the panic notifiers and kmsg_dump run."""
+    env, m = run.env, run.machine
+    printk.crash_log(m, env.now, me)
+    if m.cfg.kernel.console_rate:
+        yield env.timeout(transfer_ns(D.PANIC_CONSOLE_BYTES, m.cfg.kernel.console_rate))
+        run.trace(env.now, actor, "panic_printed", bytes=D.PANIC_CONSOLE_BYTES)
+    if m.cfg.kernel.crash_kexec_post_notifiers:
+        yield from nmi_shootdown_cpus(run, me, actor)
+        yield env.timeout(run.timing.panic_notifiers)
+        run.trace(env.now, actor, "panic_notifiers_done")
+
+
+def nmi_shootdown_cpus(run: CrashRun, me: CpuState, actor: str) -> Generator:
+    """One NMI IPI to all but self, then the 1 ms polling wait, at most 1000 ms."""
     env, t, m = run.env, run.timing, run.machine
-    me = run.cpus[m.cfg.cpus.panic_cpu]
-    actor = f"cpu{me.id}"
-    run.trace(env.now, actor, "panic", pid=me.pid)
-    if m.vmcoreinfo_addr is not None:
-        addr = crash_save_vmcoreinfo(m, env.now, actor)
-        run.trace(env.now, actor, "crash_save_vmcoreinfo", addr=addr, crashtime=CRASHTIME_EPOCH)
-        printk.crash_log(m, env.now, me)           # panic(): banner and stack
-    # nmi_shootdown_cpus: one NMI IPI to all but self, then the 1 ms polling wait.
     others = [c for c in run.cpus if c is not me]
     run.waiting_for_crash_ipi = len(others)
     run.trace(env.now, actor, "nmi_ipi_sent", targets=len(others))
@@ -167,6 +176,20 @@ def machine_crash_shutdown(run: CrashRun) -> Generator:
         run.trace(env.now, actor, "nmi_timeout", missing=missing)
     run.mark("nmi_shootdown_done", actor, waited_ns=env.now)
     printk.shootdown_log(m, env.now, run.cpus, me.id)
+
+
+def machine_crash_shutdown(run: CrashRun) -> Generator:
+    """The panicking CPU, from panic() to the jump into purgatory."""
+    env, t, m = run.env, run.timing, run.machine
+    me = run.cpus[m.cfg.cpus.panic_cpu]
+    actor = f"cpu{me.id}"
+    run.trace(env.now, actor, "panic", pid=me.pid)
+    yield from panic_front(run, me, actor)
+    if m.vmcoreinfo_addr is not None:                # __crash_kexec
+        addr = crash_save_vmcoreinfo(m, env.now, actor)
+        run.trace(env.now, actor, "crash_save_vmcoreinfo", addr=addr, crashtime=CRASHTIME_EPOCH)
+    if "nmi_shootdown_done" not in run.phase:
+        yield from nmi_shootdown_cpus(run, me, actor)
     # 2005 (paper 3.3): lapic_shutdown, then disable_IO_APIC. Modern
     # native_machine_crash_shutdown: clear_IO_APIC, lapic_shutdown, ..., hpet_disable.
     steps = [("lapic", t.lapic_shutdown), ("ioapic", t.ioapic_disable)]

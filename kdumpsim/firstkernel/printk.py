@@ -185,21 +185,22 @@ def boot_log(m: Machine, time: int) -> None:
 
 
 def crash_log(m: Machine, time: int, panic_cpu: CpuLike) -> None:
-    """panic()'s lines: the banner and the stack, as the panicking CPU prints them."""
+    """panic()'s lines: the banner and (a short) stack, as the panicking CPU logs them."""
     k = m.kernel_structs
-    if k is None or k.log is None:
-        return
-    me, six = panic_cpu, k.version == "6.1"
+    me = panic_cpu
+    six = k is None or k.version == "6.1"
     lines = [(KERN_INFO, "sysrq: Trigger a crash" if six else "sysrq: SysRq : Trigger a crash"),
              (KERN_EMERG, "Kernel panic - not syncing: sysrq triggered crash"),
-             (KERN_WARNING, f"CPU: {me.id} PID: {me.pid} Comm: bash Kdump: loaded Not tainted {k.osrelease} #1"),
+             (KERN_WARNING, f"CPU: {me.id} PID: {me.pid} Comm: bash Kdump: loaded Not tainted "
+                            f"{k.osrelease if k is not None else D.OSRELEASE[m.era]} #1"),
              (KERN_WARNING, f"Hardware name: kdumpsim {m.cfg.name}"),
              (KERN_WARNING, "Call Trace:")]
     frames = ["dump_stack_lvl+0x44/0x5c", "panic+0x118/0x2f4", "sysrq_handle_crash+0x16/0x20"]
     lines += [(KERN_WARNING, " <TASK>")] if six else []
     lines += [(KERN_WARNING, f" {f}") for f in frames]
     lines += [(KERN_WARNING, " </TASK>")] if six else []
-    k.log.append([Record(k.uptime + time, lvl, text, me.pid) for lvl, text in lines], time, cpu_actor(me.id))
+    if k is not None and k.log is not None:
+        k.log.append([Record(k.uptime + time, lvl, text, me.pid) for lvl, text in lines], time, cpu_actor(me.id))
 
 
 def shootdown_log(m: Machine, time: int, cpus: Sequence[CpuLike], panic_cpu: int) -> None:

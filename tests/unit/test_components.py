@@ -133,3 +133,13 @@ def test_a_run_takes_an_environment_subclass_to_count_its_events(small_modern):
             super().step()
     run = run_crash(small_modern("devices=[]"), 0, env_type=Counting)
     assert isinstance(run.env, Counting) and Counting.steps >= len(run.trace)
+
+
+def test_a_serial_console_delays_the_shootdown_and_post_notifiers_delay_kdump(small_modern):
+    plain = run_crash(small_modern("devices=[]"), 0)
+    serial = run_crash(small_modern("devices=[]", "kernel.console_rate=11520B/s"), 0)     # 115200 baud
+    assert serial.phase["nmi_shootdown_done"] - plain.phase["nmi_shootdown_done"] == 2449 * 10**9 // 11520 + 1
+    post = run_crash(small_modern("devices=[]", "kernel.crash_kexec_post_notifiers=true", "timing.panic_notifiers=20s"), 0)
+    # the other CPUs are stopped first, then the notifiers run, then kdump
+    assert post.phase["nmi_shootdown_done"] == plain.phase["nmi_shootdown_done"]
+    assert post.phase["purgatory_start"] - plain.phase["purgatory_start"] == 20 * 10**9
