@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int):
         self.workers = workers
+        self.broken = False
         self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
 
     def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
@@ -174,11 +176,21 @@ class LocalExecutor(Executor):
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from (f.result() for f in done)
+        except BrokenProcessPool:
+            self.broken = True
+            raise
         finally:
             for f in pending:
                 f.cancel()
 
     def close(self) -> None:
+        if self.broken:
+            # A worker killed while it held the result queue's lock leaves the others
+            # blocked on it forever, and shutdown(wait=True) with them: end them.
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.kill()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            return
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
