@@ -228,13 +228,42 @@ def _sha256_of(segs: list[Segment]) -> bytes:
 
 
 _DIGESTS: dict[tuple, bytes] = {}
+_STATES: dict[tuple, list] = {}
+
+
+def _digest_key(segs: list[Segment]) -> tuple:
+    return tuple((s.start, s.memsz, s.image or s.data) for s in segs if s.hashed)
+
+
+def hash_states(segs: list[Segment], chunk: int) -> list:
+    """sha256 states at every `chunk` boundary of the hashed segments as
+    loaded (purgatory's order): states[i] has hashed chunks 0..i-1. Purgatory
+    resumes from one when no write touched the chunks before it: the same
+    digest, without rehashing bytes nobody changed. Remembered per layout."""
+    key = (_digest_key(segs), chunk)
+    if key not in _STATES:
+        if len(_STATES) > 16:
+            _STATES.clear()
+        h, states = hashlib.sha256(), []
+        for s in segs:
+            if not s.hashed:
+                continue
+            for off in range(0, s.memsz, chunk):
+                states.append(h.copy())
+                n = min(chunk, s.memsz - off)
+                part = s.data[off:off + n]
+                h.update(part)
+                h.update(bytes(n - len(part)))
+        states.append(h.copy())
+        _STATES[key] = states
+    return _STATES[key]
 
 
 def _sha256_cached(segs: list[Segment]) -> bytes:
     """The same digest, remembered across runs of a sweep: the key holds every
     hashed byte (small segments verbatim, stand-in images by their label and
     size, which determine their bytes), so equal keys mean equal input."""
-    key = tuple((s.start, s.memsz, s.image or s.data) for s in segs if s.hashed)
+    key = _digest_key(segs)
     if key not in _DIGESTS:
         if len(_DIGESTS) > 64:
             _DIGESTS.clear()

@@ -31,9 +31,10 @@ def test_the_kernel_refuses(spec: str, fragment: str) -> None:
 
 
 def test_high_reserves_above_4g_with_a_low_region_both_left_out_of_the_dump():
+    from conftest import load_named
+
     from kdumpsim.measure import simulate
     from kdumpsim.measure.report import build_report
-    from conftest import load_named
     run = simulate(load_named("modern-x86_64", "kexec.crashkernel=256M,high", "devices=[]"), 0)
     r = run.machine.reservation
     assert r.start >= 4 << 30 and r.size == 256 * MiB
@@ -46,8 +47,8 @@ def test_high_reserves_above_4g_with_a_low_region_both_left_out_of_the_dump():
 
 def test_low_size_can_be_given_and_high_needs_an_automatic_x86_64_reservation():
     import pytest
-
     from conftest import load_named
+
     from kdumpsim.machine.layout import Machine
     m = Machine(load_named("modern-x86_64", "kexec.crashkernel=256M,high", "kexec.crashkernel_low=128M"), 0)
     assert m.reservation.low[1] - m.reservation.low[0] == 128 * MiB
