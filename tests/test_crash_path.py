@@ -77,7 +77,7 @@ def test_dma_into_capture_kernel_after_the_check_is_silent() -> None:
 def test_dma_during_dump_copy_corrupts_exactly_the_pages_read_after_it() -> None:
     # A storage controller whose driver the capture kernel lacks completes 8
     # commands of 64 KiB into first-kernel RAM at 768 MiB during the copy.
-    dev = device("storage", "12.5s", 768 * MiB, 800 * MiB, commands=8, command_size="64K", bus="pcie0")
+    dev = device("storage", "6.5s", 768 * MiB, 800 * MiB, commands=8, command_size="64K", bus="pcie0")
     run = simulate(small_modern(dev), 2)
     assert run.outcome == "ok_dump_corrupted"
     copy = run.copy
@@ -100,7 +100,7 @@ def test_dma_during_dump_copy_corrupts_exactly_the_pages_read_after_it() -> None
 
 def test_dma_after_the_copy_passed_leaves_the_dump_intact() -> None:
     # Same device, but at 48 MiB, which the copy has read before the commands complete.
-    dev = device("storage", "14s", 48 * MiB, 64 * MiB, commands=8, command_size="64K", bus="pcie0")
+    dev = device("storage", "6.5s", 48 * MiB, 64 * MiB, commands=8, command_size="64K", bus="pcie0")
     run = simulate(small_modern(dev), 2)
     assert run.metrics["dma"]["dev0"]["writes"] > 0
     assert run.outcome == "ok"
