@@ -165,6 +165,7 @@ def _base(cpio: CpioWriter, busybox: Path, init_script: bytes) -> None:
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", init_script, 0o755)
+    cpio.file("lib/lab/common.sh", (Path(__file__).parent / "data" / "lab-common.sh").read_bytes(), 0o644)
 
 
 def shared_libs(binary: Path) -> list[Path]:

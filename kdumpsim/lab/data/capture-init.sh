@@ -3,23 +3,7 @@
 # Optionally loads the NIC driver (its probe resets the device), loads the
 # dump disk's driver, copies /proc/vmcore to the raw disk with dd, and prints
 # markers the host parses (and timestamps) on the serial console.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-say() { echo "LAB: $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
-arg() {
-    for w in $(cat /proc/cmdline); do
-        case "$w" in "$1"=*) echo "${w#*=}"; return;; esac
-    done
-    echo "$2"
-}
-load() {
-    while read -r m; do
-        [ -n "$m" ] && insmod "/lib/lab/$m" 2>/dev/null
-    done < "/lib/lab/$1.list"
-}
+. /lib/lab/common.sh
 say "CAPTURE INIT"
 NIC=$(arg lab_nic e1000)
 CAPNIC=$(arg lab_capnic 0)

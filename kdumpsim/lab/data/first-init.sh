@@ -4,23 +4,7 @@
 # loads the capture kernel with `kexec -p` (kexec-tools, kexec_load path),
 # prints markers the host parses, waits for the host's "go" line on the serial
 # console, then runs /bin/panic-helper (pvpanic pause, then sysrq 'c').
-/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-say() { echo "LAB: $* uptime=$(cut -d' ' -f1 /proc/uptime)"; }
-arg() {
-    for w in $(cat /proc/cmdline); do
-        case "$w" in "$1"=*) echo "${w#*=}"; return;; esac
-    done
-    echo "$2"
-}
-load() {
-    while read -r m; do
-        [ -n "$m" ] && insmod "/lib/lab/$m" 2>/dev/null
-    done < "/lib/lab/$1.list"
-}
+. /lib/lab/common.sh
 say "FIRST INIT"
 NIC=$(arg lab_nic e1000)
 CAPNIC=$(arg lab_capnic 0)
