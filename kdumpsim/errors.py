@@ -32,8 +32,11 @@ class LayoutError(KdumpsimError):
     which field and why. Callers that know the file turn it into ConfigError."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(message)
+        self.field, self.message = field, message
+        super().__init__(field, message)      # both in args: SimPy re-raises a process's error as type(e)(*e.args)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ConfigError(KdumpsimError):

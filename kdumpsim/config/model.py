@@ -99,6 +99,10 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("field_error", message.replace("{", "(").replace("}", ")"), {"field": field})
 
 
+MIN_CYCLIC_PERIOD = 10_000       # ns: a cyclic engine's shortest period a run simulates
+MAX_NMI_POLLS = 1_000_000      # the NMI wait's polls a run may simulate (the kernel: 1000)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
@@ -346,8 +350,9 @@ class CyclicDma(DeviceBase):
         for name in ("buffer_size", "chunk"):
             if getattr(self, name) < 1:
                 raise _field_error(name, "must be at least 1 byte")
-        if self.period <= 0:
-            raise _field_error("period", "must be positive (e.g. 1ms): the engine writes once per period")
+        if self.period < MIN_CYCLIC_PERIOD:
+            raise _field_error("period", f"must be at least {fmt_duration_exact(MIN_CYCLIC_PERIOD)} (e.g. 1ms: an audio "
+                                         "or capture engine's period): the engine writes once per period, forever")
         return self
 
 
@@ -458,6 +463,9 @@ class TimingSpec(Strict):
                                          f"start); lower it or raise timing.capture_boot")
         if self.nmi_poll <= 0:
             raise _field_error("nmi_poll", "nmi_poll must be positive (the kernel polls every 1ms)")
+        if self.nmi_timeout // self.nmi_poll > MAX_NMI_POLLS:
+            raise _field_error("nmi_poll", f"{self.nmi_timeout // self.nmi_poll} polls in the NMI wait; at most "
+                                           f"{MAX_NMI_POLLS} are simulated (the kernel polls every 1ms)")
         return self
 
 

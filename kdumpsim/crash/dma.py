@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
 
 PAGE = D.PAGE_SIZE
+MAX_WRITES = 1_000_000     # DMA writes one device may make in a run (a real run makes thousands)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class DmaEngine:
         self.rings: list[Buffer] = []
         self.stopped_at: int | None = None
         self.stop_reason: str | None = None
-        self.writes = self.bytes_written = self.blocked = self.nowhere = 0
+        self.writes = self.bytes_written = self.blocked = self.nowhere = self.attempts = 0
         self.process: simpy.Process | None = None
         self.children: list[simpy.Process] = []      # sub-processes of the device, stopped with it
         self.new_domain = False      # the capture kernel's driver mapped a buffer: old IOVAs no longer map
@@ -201,6 +202,10 @@ class DmaEngine:
         """Move `data` over the device's bus path, then land it where the
         translation in force at that moment says."""
         run, m = self.run, self.run.machine
+        self.attempts += 1
+        if self.attempts > MAX_WRITES:
+            raise LayoutError(self.field, f"more than {MAX_WRITES} DMA writes in one run: the device's rate "
+                              "(packet_rate, period, chunk) is finer than a run can simulate; coarsen it")
         route = m.topology.route(self.name, f"mem{m.node_of(buf.phys + offset)}")
         yield run.env.timeout(route.latency + transfer_ns(len(data), route.bandwidth))
         addr = self._target(buf, offset)

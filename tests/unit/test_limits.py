@@ -59,3 +59,14 @@ def test_many_cpus_get_elf_headers_beyond_16k() -> None:
     image = kexec_load(Machine(cfg, 0))
     hdr = next(s for s in image.segments if s.name == "elfcorehdr")
     assert hdr.memsz > 16 * 1024 and len(hdr.data) <= hdr.memsz
+
+
+def test_a_device_that_would_write_without_end_is_stopped_with_a_clear_error(monkeypatch) -> None:
+    from kdumpsim.crash import dma
+    from kdumpsim.errors import LayoutError
+    from kdumpsim.measure import simulate
+    monkeypatch.setattr(dma, "MAX_WRITES", 1000)
+    raw = copy.deepcopy(PAPER)
+    raw["devices"] = [{"name": "snd0", "kind": "cyclic", "bus": "pci0", "period": "10us", "chunk": "64"}]
+    with pytest.raises(LayoutError, match="more than 1000 DMA writes"):
+        simulate(model_from_dict(raw), 0)
