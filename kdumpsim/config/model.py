@@ -726,7 +726,19 @@ def read_yaml(path: str | Path) -> Any:
         line = text[:text.index("\0")].count("\n") + 1
         raise ConfigError(source, "", f"not a text file: NUL byte on line {line}")
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            try:
+                size = _expanded_size(node, {}) if node is not None else 0
+            except _TooDeep:
+                raise ConfigError(source, "", f"YAML nested more than {MAX_DEPTH} levels deep") from None
+            if size > MAX_NODES:
+                raise ConfigError(source, "", f"more than {MAX_NODES} values once YAML aliases (*name) and merge "
+                                              "keys (<<) are expanded; a model has a few hundred")
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -740,6 +752,34 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(source, "", f"a value YAML cannot read: {e}".split(";")[0]) from None
     _check_shape(raw, source)
     return raw
+
+
+class _TooDeep(Exception):
+    """A YAML node graph deeper than MAX_DEPTH, or one that refers to itself."""
+
+
+def _expanded_size(node: Any, memo: dict[int, int], depth: int = 0, open_: set[int] | None = None) -> int:
+    """How many values a composed YAML node becomes once aliases and merge keys
+    are expanded (each shared node counted every time it is used), computed
+    on the node graph before anything is built: a merge-key bomb is refused
+    without expanding it."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    open_ = set() if open_ is None else open_
+    if depth > MAX_DEPTH or key in open_:
+        raise _TooDeep
+    open_.add(key)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, depth + 1, open_) + _expanded_size(v, memo, depth + 1, open_)
+                       for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo, depth + 1, open_) for v in node.value)
+    else:
+        size = 1
+    open_.discard(key)
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
 
 
 def _check_shape(raw: Any, source: str) -> None:

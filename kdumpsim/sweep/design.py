@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 import shlex
@@ -35,6 +36,8 @@ from kdumpsim.machine.layout import derive_seed
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
 from kdumpsim.units import fmt_duration, fmt_duration_exact, fmt_size, parse_duration, parse_size
 
+MAX_POINTS = 100_000         # points an experiment may have (the grid is built in memory)
+MAX_RUNS = 10_000_000
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 
@@ -599,6 +602,11 @@ def _expand(exp: Experiment) -> list[Point]:
     """Grid axes crossed (first axis outermost), crossed with the sampled points."""
     grid = [a for a in exp.axes if not a.field.startswith("sample.")]
     sampled = [a for a in exp.axes if a.field.startswith("sample.")]
+    asked = math.prod(len(a.settings) for a in grid) * (exp.spec.sample.count if sampled else 1)
+    if asked > MAX_POINTS or asked * exp.spec.replicates > MAX_RUNS:
+        raise ConfigError(exp.source, "axes", f"{asked} points x {exp.spec.replicates} replicates asked for; an "
+                          f"experiment may have at most {MAX_POINTS} points and {MAX_RUNS} runs: fewer values, "
+                          "or a random or Latin-hypercube sample")
     grid_choices = list(itertools.product(*(range(len(a.settings)) for a in grid)))
     sample_rows = [[i] * len(sampled) for i in range(exp.spec.sample.count)] if sampled else [[]]
     points = []

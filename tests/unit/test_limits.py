@@ -70,3 +70,22 @@ def test_a_device_that_would_write_without_end_is_stopped_with_a_clear_error(mon
     raw["devices"] = [{"name": "snd0", "kind": "cyclic", "bus": "pci0", "period": "10us", "chunk": "64"}]
     with pytest.raises(LayoutError, match="more than 1000 DMA writes"):
         simulate(model_from_dict(raw), 0)
+
+
+def test_a_grid_too_big_is_refused_before_it_is_built(tmp_path) -> None:
+    import time
+
+    from kdumpsim.sweep.design import load_experiment
+    exp = tmp_path / "big.yaml"
+    exp.write_text(f"""name: big
+base: {{model: {ROOT}/models/paper-i386-2005.yaml}}
+replicates: 1
+seed: 1
+axes:
+  - {{name: a, key: devices.eth0.packet_rate, range: {{start: 1, stop: 1000, steps: 1000}}}}
+  - {{name: b, key: cpus.busy_share, range: {{start: 0, stop: 1, steps: 1000}}}}
+""")
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="1000000 points x 1 replicates asked for"):
+        load_experiment(exp)
+    assert time.monotonic() - t0 < 10
