@@ -59,9 +59,8 @@ OUTCOMES = {
 CAPTURE_OK = ("ok", "ok_dump_corrupted")
 
 # ---------------------------------------------------------------- regions
-# Parts of memory a DMA write can hit (kdumpsim.crash.run.CrashRun.regions_of).
-SEGMENTS = ("kernel", "initrd", "params", "purgatory", "elfcorehdr", "backup")
-FIRST_KERNEL_REGIONS = ("crash_notes", "vmcoreinfo")
+# Parts of memory a DMA write can hit besides the kexec segments (named as kexec names them)
+# and the first kernel's structures (kdumpsim.crash.run.CrashRun.regions_of).
 RESERVATION_FREE = "reservation_free"
 FIRST_KERNEL_RAM = "first_kernel_ram"
 CMA = "cma"                  # the CMA crashkernel area: capture-kernel RAM after the jump

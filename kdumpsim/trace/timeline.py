@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdumpsim.errors import TraceError
+from kdumpsim.names import PATH_ACTORS, cpu_of
 from kdumpsim.trace.events import Event, read_trace  # noqa: F401  (read_trace: the one trace reader)
 
 # Regions a DMA write may hit without touching the capture path itself
@@ -52,8 +52,6 @@ DMA_KINDS = frozenset({"dma_buffers_mapped", "dma_write", "dma_fault", "dma_to_n
 # Events that mean the capture path itself went wrong.
 ALARM_KINDS = frozenset({"purgatory_mismatch", "capture_kernel_corrupted", "vmcore_init_failed",
                          "nmi_timeout", "nmi_blocked", "nmi_lost"})
-PATH_ACTORS = ("kexec", "purgatory", "capture", "ioapic", "iommu")
-_CPU_RE = re.compile(r"^cpu(\d+)$")
 
 
 # ------------------------------------------------------------------ model
@@ -98,11 +96,6 @@ class Timeline:
         return next((t for t in self.tracks if t.name == name), None)
 
 
-def _cpu_index(actor: str) -> int | None:
-    m = _CPU_RE.match(actor)
-    return int(m.group(1)) if m else None
-
-
 def _events_by_actor(events: list[Event]) -> dict[str, list[Event]]:
     out: dict[str, list[Event]] = {}
     for e in events:
@@ -128,7 +121,7 @@ def build_timeline(events: list[Event]) -> Timeline:
     classify = region_classifier(events)
     tracks: list[Track] = []
 
-    cpus = sorted((a for a in by_actor if _cpu_index(a) is not None), key=_cpu_index)
+    cpus = sorted((a for a in by_actor if cpu_of(a) is not None), key=cpu_of)
     for actor in cpus:
         tracks.append(_cpu_track(actor, by_actor[actor], t0, end, panic_ev))
     for actor in PATH_ACTORS:
@@ -522,14 +515,14 @@ def gantt_rows(tl: Timeline) -> list[GanttRow]:
     panic = next((t for t in cpu_tracks if t.name == tl.panic_cpu), None)
     if panic is not None:
         rows.append(GanttRow(f"{panic.name} (panic)", "cpu", panic.spans, panic.instants, panic=True,
-                             cpus=[_cpu_index(panic.name) or 0]))
+                             cpus=[cpu_of(panic.name) or 0]))
     halted: list[tuple[int, Track]] = []
     odd: dict[str, list[tuple[int, Track]]] = {}
     for t in cpu_tracks:
         if t is panic:
             continue
         cats = tuple(s.cat for s in t.spans)
-        cpu = _cpu_index(t.name) or 0
+        cpu = cpu_of(t.name) or 0
         if cats == ("running", "nmi_handler", "halted"):
             halted.append((cpu, t))
         else:
@@ -627,7 +620,7 @@ def gantt_title(events: list[Event], model: str | None = None, seed: int | None 
     info = run_info(events)
     model = model or info.get("model")
     seed = seed if seed is not None else info.get("seed")
-    ncpu = len({e.actor for e in events if _cpu_index(e.actor) is not None})
+    ncpu = len({e.actor for e in events if cpu_of(e.actor) is not None})
     what = f"{model}, seed {seed}" if model and seed is not None else (model or "kdump crash path")
     return f"{what} ({ncpu} CPUs)"
 
