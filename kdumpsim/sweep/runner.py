@@ -203,7 +203,7 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     if resume:
         store.clean_temporaries()
         if previous and store.files():
-            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", "the model"),
+            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", "a model file"),
                               ("code_sha256", "kdumpsim's code")):
                 before = previous.get(key)
                 if isinstance(before, str) and before != ident[key]:
@@ -366,6 +366,7 @@ def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: 
         "experiment_sha256": exp.sha256,
         "name": exp.spec.name,
         "model": exp.model_ref,
+        "models": [m.ref for m in exp.models],
         "master_seed": exp.spec.seed,
         "replicates": exp.spec.replicates,
         "points": len(exp.points),
