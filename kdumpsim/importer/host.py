@@ -3,8 +3,7 @@
 What comes from where (every value in the YAML names its file in a comment):
 
 - /proc/iomem: top-level lines -> memory.iomem; nested "Kernel code" ..
-  "Kernel bss" -> where the kernel is (reported: the model places the kernel
-  at its default, the schema has no field for another place); nested "Crash
+  "Kernel bss" -> kernel.image (where this boot's kernel is); nested "Crash
   kernel" -> the reservation, written as kexec.crashkernel=SIZE@BASE.
 - /proc/cmdline: crashkernel= (used when /proc/iomem has no reservation),
   intel_iommu= / amd_iommu= / iommu= (the IOMMU's first-kernel mode).
@@ -283,9 +282,12 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
     if loaded is not None:
         notes.append(f"/sys/kernel/kexec_crash_loaded: {loaded} "
                      f"({'a capture kernel is loaded' if loaded else 'no capture kernel is loaded: kdump is not armed'})")
-    if kernel is not None:
-        notes.append(f"kernel at {kernel[0]:#x}-{kernel[1]:#x} ({src_iomem}: Kernel code .. Kernel bss); the model "
-                     "places the kernel at its default (16 MiB on x86_64): the schema has no field for another place")
+    if kernel_lines:
+        # kernel.image: [start, end) per line, so the model's first kernel sits where this one does
+        # (a KASLR kernel moves at each boot: this is the boot the files were read in).
+        raw["kernel"] = {"image": [[f"{x.start:#x}", f"{x.end + 1:#x}"] for x in kernel_lines]}
+        c["kernel.image"] = (f"{src_iomem}: {', '.join(x.name for x in kernel_lines)} "
+                             "(this boot's place; with KASLR the next boot's differs)")
 
     # the IOMMU
     iommus = t.listdir("/sys/class/iommu")
@@ -426,8 +428,15 @@ def _emit(raw: dict[str, Any], c: dict[str, str], notes: list[str], unclassified
     L.append(f"  numa_nodes: {raw['memory']['numa_nodes']}{_comment(c.get('memory.numa_nodes'))}")
     L.append(f"  iomem:{_comment(c.get('memory.iomem'))}")
     L += [f"    - {_q(line)}" for line in raw["memory"]["iomem"]]
+    if "kernel" in raw:
+        L.append("kernel:")
+        L.append(f"  image:{_comment(c.get('kernel.image'))}")
+        L += [f"    - [{_q(s)}, {_q(e)}]" for s, e in raw["kernel"]["image"]]
     L.append("kexec:")
     L.append(f"  crashkernel: {_q(raw['kexec']['crashkernel'])}{_comment(c.get('kexec.crashkernel'))}")
+    if "timing" in raw:
+        L.append("timing:")
+        L += [f"  {k}: {_q(v)}{_comment(c.get('timing.' + k))}" for k, v in raw["timing"].items()]
     L.append("topology:")
     if "iommu" in raw["topology"]:
         io = raw["topology"]["iommu"]
