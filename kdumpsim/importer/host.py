@@ -203,7 +203,8 @@ def _int(text: str | None, source: str) -> int | None:
 
 
 # ---------------------------------------------------------------- the import
-def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x86_64") -> Imported:
+def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x86_64",
+                kdump_log: str | Path | None = None) -> Imported:
     t = _Tree(root)
     notes: list[str] = []
     src_iomem = t.shown("/proc/iomem")
@@ -304,10 +305,13 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
     elif iommus:
         c["topology.iommu"] = "none: /proc/cmdline turns the IOMMU off"
     # PCI devices
-    devices, buses, unclassified = _pci(t, node_index, bool(topo.get("iommu")), c)
+    devices, buses, unclassified, slots = _pci(t, node_index, bool(topo.get("iommu")), c)
     topo["buses"] = buses
     raw["topology"] = topo
     raw["devices"] = devices
+    if kdump_log is not None:
+        from kdumpsim.importer.kdumplog import apply_kdump_log
+        apply_kdump_log(raw, c, notes, slots, kdump_log)
     for u in unclassified:
         notes.append(f"unclassified PCI device {u}")
     text = _emit(raw, c, notes, unclassified)
@@ -342,6 +346,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
                                t.link(f"{d}/iommu_group"), _int(t.read(f"{d}/dma_mask_bits"), t.shown(f"{d}/dma_mask_bits")),
                                net[0] if net else None, next(iter(t.listdir(f"{d}/nvme")), None)))
     devices: list[dict[str, Any]] = []
+    slots: list[tuple[str, str | None]] = []      # each device's (PCI slot, driver), for --kdump-log
     unclassified: list[str] = []
     used: set[str] = set()
     bus_nodes: set[int] = set()
@@ -358,6 +363,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
         if p.dma_bits is not None and p.dma_bits <= 32:
             dev["dma_bits"] = 32
         devices.append(dev)
+        slots.append((p.slot, p.driver))
         i = len(devices) - 1
         c[f"devices.{i}"] = f"/sys/bus/pci/devices/{p.slot}: {ident.split(' ', 1)[1]}; {why}"
         if p.dma_bits is not None:
@@ -366,7 +372,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
              for n in sorted(bus_nodes or {0})]
     c["topology.buses"] = ("one bus per NUMA node that has a device (/sys/bus/pci/devices/*/numa_node)"
                            + ("; behind the IOMMU" if iommu else ""))
-    return devices, buses, unclassified
+    return devices, buses, unclassified, slots
 
 
 def _classify(p: PciDevice) -> tuple[str | None, dict[str, Any], str]:
