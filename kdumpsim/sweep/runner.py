@@ -203,7 +203,8 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     if resume:
         store.clean_temporaries()
         if previous and store.files():
-            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", "a model file"),
+            models = "the model" if len(exp.models) == 1 else "a model of the fleet"
+            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", models),
                               ("code_sha256", "kdumpsim's code")):
                 before = previous.get(key)
                 if isinstance(before, str) and before != ident[key]:
