@@ -58,6 +58,11 @@ def test_fleet_summary_per_machine_and_rerun(tmp_path: Path, capsys: pytest.Capt
     assert "capture_failure by machine: paper-i386-2004" in out
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert set(summary["machine"]) == {"paper-i386-2004", "paper-i386-2005"}
+    per = pd.read_csv(tmp_path / "out" / "summary_by_machine.csv")
+    assert list(per["machine"]) == ["paper-i386-2004", "paper-i386-2005"] and list(per["runs"]) == [20, 20]
+    assert per["capture_failure"].tolist() == [rates["paper-i386-2004"], rates["paper-i386-2005"]]
+    assert "Summary per machine" in (tmp_path / "out" / "report.html").read_text()
+    assert "per machine (over every other axis" in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["models"] == ["models/paper-i386-2004.yaml", "models/paper-i386-2005.yaml"]
     # a row's rerun command names its machine's model file and re-creates it
