@@ -8,7 +8,7 @@ then the capture kernel), the last boot whose `Command line:` has
 first kernel's dmesg read back from a vmcore) is used as a stand-in and
 every value says so: the same kernel on the same machine, an assumption.
 
-What maps to what (docs/SOURCES.md §12 "A capture kernel's boot log"):
+What maps to what (docs/SOURCES.md §14 "A capture kernel's boot log"):
 
 - timing.capture_boot    <- "Run /init as init process" (kernel_init)
 - timing.vmcore_init     <- the first "clocksource: Switched to clocksource"
