@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--runs", type=int, default=200, metavar="N", help="run budget (default 200)")
     sp.add_argument("--seed", type=int, default=1, help="master seed (default 1)")
     sp.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
-    sp.add_argument("--out", metavar="DIR", help="keep the sweep's results here (default: a temporary directory)")
+    sp.add_argument("--out", metavar="DIR",
+                    help="keep both sweeps' results here (DIR/recommend-reservations, DIR/recommend-options; "
+                         "default: a temporary directory)")
     sp.set_defaults(func=cmd_recommend)
 
 

@@ -8,6 +8,8 @@ What comes from where (every value in the YAML names its file in a comment):
 - /proc/cmdline: crashkernel= (used when /proc/iomem has no reservation),
   intel_iommu= / amd_iommu= / iommu= (the IOMMU's first-kernel mode).
 - /sys/kernel/kexec_crash_size, kexec_crash_loaded: cross-checks, reported.
+- --kdump-log FILE: a capture kernel's boot log -> timing and each device's
+  probe_at / capture_driver (kdumpsim/importer/kdumplog.py).
 - /sys/devices/system/cpu/online, cpu*/topology/physical_package_id: CPUs, sockets.
 - /sys/devices/system/node/online: NUMA nodes.
 - /sys/bus/pci/devices/*/{class,vendor,device,driver,numa_node,iommu_group,dma_mask_bits}:
