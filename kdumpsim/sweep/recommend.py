@@ -44,7 +44,7 @@ def candidates(model_path: str) -> tuple[list[Candidate], list[str]]:
     """Every candidate that lays out on this model, and why the others do not."""
     from kdumpsim.config.model import load_model, model_from_dict, read_yaml
     from kdumpsim.errors import KdumpsimError
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(model_path)
     raw = read_yaml(model_path)
@@ -77,7 +77,7 @@ def candidates(model_path: str) -> tuple[list[Candidate], list[str]]:
                         ov[f"devices.{n}.capture_driver"] = with_nics
                 label = f"{ptext}{itext}{dtext}"
                 try:
-                    kexec_load(Machine(model_from_dict(raw, model_path, ov), 0))
+                    load_capture_kernel(Machine(model_from_dict(raw, model_path, ov), 0))
                 except KdumpsimError as e:
                     refused.append(f"{label}: does not lay out ({str(e).split(': ', 1)[-1]})")
                     continue
