@@ -644,7 +644,7 @@ REAL_DMESG = Path(__file__).resolve().parent / "data" / "real-6.1-kexec_file-dme
 def real_guest_overrides(crashkernel: str) -> list[str]:
     """The real guest as a model: its firmware memory map after the kernel's
     fix-ups ("e820: update [mem 0x00000000-0x00000fff] usable ==> reserved"),
-    its possible CPUs ("smpboot: Allowing N CPUs, 0 hotplug CPUs")."""
+    its possible and hotplug CPUs ("smpboot: Allowing N CPUs, M hotplug CPUs")."""
     text = REAL_DMESG.read_text()
     e820 = re.findall(r"BIOS-e820: \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (\w+)", text)
     iomem = []
@@ -654,9 +654,10 @@ def real_guest_overrides(crashkernel: str) -> list[str]:
             iomem.append("00000000-00000fff : reserved")
             lo_ = 0x1000
         iomem.append(f"{lo_:08x}-{hi_:08x} : " + ("System RAM" if kind == "usable" else "reserved"))
-    cpus = int(re.search(r"smpboot: Allowing (\d+) CPUs, 0 hotplug CPUs", text).group(1))
+    allowing = re.search(r"smpboot: Allowing (\d+) CPUs, (\d+) hotplug CPUs", text)
+    cpus, hotplug = int(allowing.group(1)), int(allowing.group(2))
     return ["memory.iomem=" + json.dumps(iomem), "memory.numa_nodes=1", "topology.buses.1.numa_node=0",
-            f"cpus.count={cpus}", "cpus.sockets=1", "cpus.panic_cpu=0", "devices=[]",
+            f"cpus.count={cpus - hotplug}", f"cpus.possible={cpus}", "cpus.sockets=1", "cpus.panic_cpu=0", "devices=[]",
             f"kexec.crashkernel={crashkernel}"]
 
 

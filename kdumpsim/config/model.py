@@ -167,6 +167,9 @@ class CpuSpec(Strict):
     unresponsive: Annotated[dict[Int, Literal["hung", "nmi_lost"]],
                             BeforeValidator(_distinct_cpu_keys)] = Field(default_factory=dict)
     busy_share: Float = Field(default=0.5, ge=0, le=1, description="share of CPUs running a task (pid>0) at the crash")
+    # Possible CPUs, hotplug slots included ("smpboot: Allowing N CPUs, M hotplug CPUs"):
+    # each has a per-cpu crash note buffer that stays zero. None: count (no hotplug slots).
+    possible: Int | None = Field(default=None, ge=1, le=8192)
 
 
 class MemorySpec(Strict):
@@ -544,6 +547,9 @@ def _check_consistency(m: ModelConfig) -> None:
         if cpu == c.panic_cpu:
             raise _FieldError(f"cpus.unresponsive.{cpu}", f"CPU {cpu} is the panicking CPU (cpus.panic_cpu), "
                                                           "which cannot be unresponsive; pick another CPU")
+    if c.possible is not None and c.possible < c.count:
+        raise _FieldError("cpus.possible", f"{c.possible} possible CPUs for {c.count} present ones: possible "
+                                           "counts every CPU, hotplug slots included, so it must be at least count")
     if c.sockets > c.count:
         raise _FieldError("cpus.sockets", f"{c.sockets} sockets for {c.count} CPUs: every socket needs a CPU, "
                                           f"so sockets must be at most {c.count}")

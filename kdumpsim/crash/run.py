@@ -113,7 +113,8 @@ class CrashRun:
 
     def _index_regions(self) -> None:
         regions = [(s.start, s.end, s.name) for s in self.image.segments]
-        regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
+        regions += [(a, a + self.machine.crash_note_size, "crash_notes")
+                    for a in self.machine.crash_notes + self.machine.hotplug_notes]
         if self.machine.vmcoreinfo_addr is not None:
             regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
         if self.machine.kernel_structs is not None:     # page tables, mem_map, log buffer, ... (issue #8)

@@ -48,6 +48,12 @@ def crash_hotplug(machine: Machine) -> bool:
     return kernel_version(machine) == "6.6"
 
 
+def notes_for_possible_cpus(machine: Machine) -> bool:
+    """6.6+ describes every possible CPU (for_each_possible_cpu, from the crash
+    hotplug series), before that every present one."""
+    return kernel_version(machine) == "6.6"
+
+
 def has_backup_region(machine: Machine) -> bool:
     """Before 5.8 the kernel backed up the first RAM range below 1 MiB into
     the reservation, as kexec-tools does ("x86/kdump: Remove the backup region
@@ -144,15 +150,17 @@ def kernel_ram_ranges(machine: Machine, low_1m: bool) -> list[tuple[int, int]]:
 
 def build_kernel_elfcorehdr(machine: Machine, backup_src: tuple[int, int] | None,
                             backup_dest: int | None) -> bytes:
-    """crash_prepare_elf64_headers: the ELF header; one PT_NOTE per possible
-    CPU (its per-cpu note_buf_t, sizeof(note_buf_t)); the VMCOREINFO PT_NOTE
+    """crash_prepare_elf64_headers: the ELF header; one PT_NOTE per present
+    CPU (6.6+: per possible CPU, hotplug slots too) for its per-cpu note_buf_t
+    (sizeof(note_buf_t)); the VMCOREINFO PT_NOTE
     (VMCOREINFO_NOTE_SIZE); the kernel-text PT_LOAD (_text.._end); one PT_LOAD
     per RAM range, vaddr __va(paddr). The buffer is zero-padded to
     ELF_CORE_HEADER_ALIGN. 4.18: the backed-up range's p_offset is the backup
     segment (prepare_elf64_ram_headers_callback)."""
     lay = elf.layout_for(elf.ELFCLASS64)
     size = machine.crash_note_size
-    phdrs = [elf.Phdr(elf.PT_NOTE, 0, a, 0, a, size, size, 0) for a in machine.crash_notes]
+    cpus = machine.crash_notes + (machine.hotplug_notes if notes_for_possible_cpus(machine) else [])
+    phdrs = [elf.Phdr(elf.PT_NOTE, 0, a, 0, a, size, size, 0) for a in cpus]
     if machine.vmcoreinfo_addr is not None:
         a = machine.vmcoreinfo_addr
         phdrs.append(elf.Phdr(elf.PT_NOTE, 0, a, 0, a, D.VMCOREINFO_NOTE_SIZE, D.VMCOREINFO_NOTE_SIZE, 0))

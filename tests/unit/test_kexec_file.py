@@ -150,3 +150,24 @@ def test_kexec_file_needs_the_reservation_to_hold_the_segments(small_modern):
         # init_size + initrd fit in 92M, but not with the 2 MiB-aligned kernel and the small segments
         _image(small_modern("kexec.crashkernel=92M@512M"))
     assert 92 * MiB > D.CAPTURE_KERNEL_INIT_SIZE_MODERN + D.INITRD_SIZE_MODERN
+
+
+def test_6_6_describes_every_possible_cpu_and_vmcore_drops_the_empty_notes(small_modern):
+    """cpus.possible=8 with 4 present: 6.1 (for_each_present_cpu) has 4 CPU
+    PT_NOTEs, 6.6 (for_each_possible_cpu) 8; the 4 hotplug slots' buffers stay
+    zero, so /proc/vmcore holds the same 4 NT_PRSTATUS notes either way."""
+    counts = {}
+    for version in ("6.1", "6.6"):
+        run = simulate(small_modern("cpus.possible=8", "devices=[]", f"kernel.version={version}"), 0)
+        m = run.machine
+        notes = [p for p in _phdrs(run.image.segment("elfcorehdr").data) if p.p_type == elf.PT_NOTE]
+        counts[version] = len(notes) - 1
+        assert len(m.hotplug_notes) == 4
+        assert run.vmcore.note_sources == m.crash_notes + [m.vmcoreinfo_addr]
+        assert sorted(run.vmcore.dropped_notes) == (sorted(m.hotplug_notes) if version == "6.6" else [])
+    assert counts == {"6.1": 4, "6.6": 8}
+
+
+def test_possible_cpus_cannot_be_fewer_than_present(small_modern):
+    with pytest.raises(ConfigError, match=r"cpus\.possible"):
+        small_modern("cpus.possible=2")
