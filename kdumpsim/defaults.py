@@ -105,6 +105,7 @@ KEXEC_FILE_MIN_KERNEL_LOAD_ADDR = 1 * MiB     # MIN_KERNEL_LOAD_ADDR
 KEXEC_FILE_MIN_INITRD_LOAD_ADDR = 16 * MiB    # MIN_INITRD_LOAD_ADDR
 KEXEC_FILE_ELF_CORE_HEADER_ALIGN = 4096       # include/linux/kexec.h ELF_CORE_HEADER_ALIGN
 MAX_ELFCOREHDR_STR_LEN = 30                   # "elfcorehdr=0x<64bit-value> "
+CMDLINE_SIZE_X86 = 2048                       # setup header cmdline_size (COMMAND_LINE_SIZE, boot protocol 2.06+)
 BOOT_PARAMS_SIZE = 4096                       # sizeof(struct boot_params)
 SETUP_DATA_HDR = 16                           # sizeof(struct setup_data): next, type, len
 EFI_SETUP_DATA_SIZE = 96                      # sizeof(struct efi_setup_data): 4 u64 + reserved[8]

@@ -90,11 +90,16 @@ def kexec_file_load(machine: Machine) -> KexecImage:
     purg = add("purgatory", D.PURGATORY_SIZE, D.PURGATORY_SIZE, 16, True, lo=D.KEXEC_FILE_MIN_PURGATORY_ADDR,
                data=image_bytes("purgatory-kernel", D.PURGATORY_SIZE), hashed=False)
     purg.image = ("purgatory-kernel", D.PURGATORY_SIZE)
-    cmdline = f"elfcorehdr={hdr.start:#x} " + (machine.cfg.kexec.append or "").strip()
+    user = (machine.cfg.kexec.append or "").strip()
+    if len(user) + 1 + D.MAX_ELFCOREHDR_STR_LEN > D.CMDLINE_SIZE_X86:
+        # bzImage64_load: "Appending elfcorehdr=<addr> to command line exceeds maximum allowed length"
+        raise LayoutError("kexec.append", f"command line of {len(user)} bytes: with elfcorehdr=0x... it exceeds "
+                                          f"the kernel's {D.CMDLINE_SIZE_X86}-byte limit (cmdline_size)")
+    cmdline = f"elfcorehdr={hdr.start:#x} " + user
     params_data = _params_segment(cmdline)
-    params_bufsz = params_size(len((machine.cfg.kexec.append or "").strip()) + 1)
-    params = add("params", params_bufsz, params_bufsz, 16, True, lo=D.KEXEC_FILE_MIN_BOOTPARAM_ADDR,
-                 data=params_data + bytes(max(0, params_bufsz - len(params_data))))
+    params_bufsz = params_size(len(user) + 1)
+    add("params", params_bufsz, params_bufsz, 16, True, lo=D.KEXEC_FILE_MIN_BOOTPARAM_ADDR,
+        data=params_data + bytes(max(0, params_bufsz - len(params_data))))
     kernel = capture_kernel_image(machine.cfg)
     ks = add("kernel", kernel.size, kernel.memsz, kernel.align, True, lo=D.KEXEC_FILE_MIN_KERNEL_LOAD_ADDR,
              data=image_bytes("kernel", kernel.size))
@@ -104,8 +109,6 @@ def kexec_file_load(machine: Machine) -> KexecImage:
         rd = add("initrd", isize, isize, D.PAGE_SIZE, True, lo=D.KEXEC_FILE_MIN_INITRD_LOAD_ADDR,
                  data=image_bytes("initrd", isize))
         rd.image = ("initrd", isize)
-    if len(params.data) > params.memsz:
-        raise LayoutError("kexec.append", f"command line of {len(cmdline)} bytes does not fit the boot parameters")
     digest = _sha256_cached(segs)
     regions = [(s.start, s.memsz) for s in segs if s.hashed]
     return load_segments(machine, KexecImage(segs, cmdline, ks.start, hdr.start, len(hdr_data), backup_src,

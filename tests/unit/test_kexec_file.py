@@ -171,3 +171,10 @@ def test_6_6_describes_every_possible_cpu_and_vmcore_drops_the_empty_notes(small
 def test_possible_cpus_cannot_be_fewer_than_present(small_modern):
     with pytest.raises(ConfigError, match=r"cpus\.possible"):
         small_modern("cpus.possible=2")
+
+
+def test_a_command_line_past_cmdline_size_is_refused(small_modern):
+    from kdumpsim.errors import LayoutError
+    _image(small_modern("kexec.append=" + "x" * (2048 - 31)))          # 2017 + NUL + 30 fits
+    with pytest.raises(LayoutError, match="2048-byte limit"):
+        _image(small_modern("kexec.append=" + "x" * (2048 - 30)))
