@@ -245,11 +245,11 @@ def _inspect_args(a: argparse.ArgumentParser) -> None:
 def load(model: str, overrides: list[str]):
     """Load and lay out a model; layout errors name the model file."""
     from kdumpsim.config.model import load_model
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(model, overrides)
     try:
-        kexec_load(Machine(cfg, 0))     # the reservation and the segments in it
+        load_capture_kernel(Machine(cfg, 0))     # the reservation and the segments in it
     except LayoutError as e:
         raise ConfigError(model, e.field, str(e)) from None
     return cfg
@@ -313,6 +313,7 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     lines = [f"model      {run.machine.cfg.name} (seed {run.seed})",
              f"outcome    {run.outcome}: {outcomes[run.outcome]}",
              f"reserved   {run.machine.describe_reservation()}  crashkernel={run.machine.reservation.spec}",
+             f"kexec      {run.image.method}: {_segment_list(run.image)}",
              f"cmdline    {run.image.cmdline}",
              f"cpus       {m['cpus_saved']}/{len(run.cpus)} notes saved"
              + (", missing: " + ", ".join(f"CPU {c} ({why.replace('_', ' ')})" for c, why in m["cpus_missing_why"].items())
@@ -341,6 +342,11 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _segment_list(image) -> str:
+    """'elfcorehdr@0x6f000000 (hashed), purgatory@...': the segments in load order."""
+    return ", ".join(f"{s.name}@{s.start:#x}" + ("" if s.hashed else " (not hashed)") for s in image.segments)
+
+
 def _fidelity_text(f: float) -> str:
     """A fidelity with the digits that show it is not 1: 0.99997, not 1.000000."""
     if f >= 1:
@@ -350,13 +356,13 @@ def _fidelity_text(f: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     cfg = load(args.model, args.overrides)
     m = Machine(cfg, 0)
-    image = kexec_load(m)
+    image = load_capture_kernel(m)
     print(f"{args.model}: ok ({cfg.name}: {cfg.arch}, {cfg.cpus.count} CPUs, "
-          f"{m.ram_total / 2**30:.2f} GiB RAM, era {cfg.era}, design {cfg.design})")
+          f"{m.ram_total / 2**30:.2f} GiB RAM, era {cfg.era}, design {cfg.design}, {image.method})")
     print(f"reservation {m.describe_reservation()}")
     for s in image.segments:
         print(f"  {s.name:<11} {s.start:#014x}-{s.end - 1:#014x}  {s.memsz:>10} bytes")

@@ -25,7 +25,8 @@ from kdumpsim.crash.dma import DmaEngine
 from kdumpsim.crash.purgatory import purgatory, relocate_2004
 from kdumpsim.firstkernel import printk, vmcoreinfo
 from kdumpsim.formats.vmcorefile import VmcoreLayout
-from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
+from kdumpsim.kexec import load_capture_kernel
+from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage
 from kdumpsim.machine.layout import Machine
 from kdumpsim.names import CMA, FIRST_KERNEL_RAM, KEXEC, PHASES, PURGATORY, RESERVATION_FREE
 from kdumpsim.trace.events import Trace
@@ -112,7 +113,8 @@ class CrashRun:
 
     def _index_regions(self) -> None:
         regions = [(s.start, s.end, s.name) for s in self.image.segments]
-        regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
+        regions += [(a, a + self.machine.crash_note_size, "crash_notes")
+                    for a in self.machine.crash_notes + self.machine.hotplug_notes]
         if self.machine.vmcoreinfo_addr is not None:
             regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
         if self.machine.kernel_structs is not None:     # page tables, mem_map, log buffer, ... (issue #8)
@@ -128,9 +130,9 @@ def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment]
     env = env_type(initial_time=KEXEC_LOAD_TIME)
     run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
     boot(run.machine, env.now)
-    run.image = kexec_load(run.machine)
+    run.image = load_capture_kernel(run.machine)
     run.trace(env.now, KEXEC, "kexec_load", reservation=[run.machine.reservation.start, run.machine.reservation.end],
-              segments=len(run.image.segments), cmdline=run.image.cmdline)
+              segments=len(run.image.segments), cmdline=run.image.cmdline, method=run.image.method)
     run._index_regions()
     run.cpus = make_cpus(run)
     run.engines = make_engines(run)

@@ -473,11 +473,11 @@ def check(imported: Imported, source: str = "<imported>") -> str | None:
 
     from kdumpsim.config.model import validate_model
     from kdumpsim.errors import KdumpsimError, LayoutError
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     try:
         cfg = validate_model(yaml.safe_load(imported.yaml_text), source)
-        kexec_load(Machine(cfg, 0))
+        load_capture_kernel(Machine(cfg, 0))
     except LayoutError as e:
         return f"{source}: {e.field}: {e}"
     except KdumpsimError as e:

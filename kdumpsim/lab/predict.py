@@ -218,7 +218,8 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         "design": "2005",
         "cpus": {"count": 1},
         "memory": {"iomem": iomem},
-        "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}"},
+        # the lab loads with `kexec -p` of kexec-tools 2.0.25: the kexec_load path
+        "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}", "method": "kexec_load"},
         "kernel": model_kernel,
         "timing": timing_block,
         "devices": [dev],

@@ -25,7 +25,7 @@ def mechanisms(run: CrashRun) -> list[str]:
     return out or ["none"]
 
 # Fixed columns (the analysis ones are filled when an experiment says `analyse: true`).
-RECORD_COLUMNS = ("outcome", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
+RECORD_COLUMNS = ("outcome", "kexec_method", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
                   "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
                   "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump", "cma_hit_after_jump",
                   "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
@@ -38,6 +38,7 @@ def run_record(run: CrashRun) -> dict[str, Any]:
     m, machine = run.metrics, run.machine
     row: dict[str, Any] = {
         "outcome": run.outcome,
+        "kexec_method": run.image.method,
         "detected": m["detected"],
         "cpus_saved": m["cpus_saved"],
         "mechanisms": ",".join(mechanisms(run)),

@@ -22,6 +22,7 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "arch": m.arch,
         "era": m.era,
         "design": m.cfg.design,
+        "kexec_method": image.method,
         "outcome": run.outcome,
         "assumptions": assumptions(run),
         "metrics": run.metrics,
@@ -78,9 +79,16 @@ def assumptions(run: CrashRun) -> list[str]:
         out.append("stale/wild DMA: a scenario (where and when are given by the model), not a measured rate")
     if any(e.spec.iova_in_use for e in run.engines):
         out.append("IOVA space in use by the device's other live mappings: given by the model (iova_in_use)")
+    file_load = run.image.method == "kexec_file_load"
     if run.machine.cma is not None:
         out.append("CMA area: placed top-down, 4 MiB aligned; passed to the capture kernel and left out of the "
-                   "dump as kexec_file_load does, while the rest of the layout is kexec_load's")
+                   "dump as kexec_file_load does" + ("" if file_load else ", while the rest of the layout is kexec_load's"))
+    if file_load:
+        out.append("kexec_file_load: the kernel's purgatory taken as 16 KiB, a BIOS boot (no EFI runtime map in "
+                   "the boot parameters), the boot parameters' E820 table not written")
+        if (cfg.kernel.version or "") == "6.6":
+            out.append("kernel 6.6: the first kernel's structures are simulated as 6.1's; the elfcorehdr is sized "
+                       "for NR_CPUS_DEFAULT=8192 (MAXSMP) and CRASH_MAX_MEMORY_RANGES=8192")
     if run.machine.era == "2005" and "nic_rx_ring" in kinds:
         out.append("2.6.13 e1000 RX buffers: one slab object per page")
     return out

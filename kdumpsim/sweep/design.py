@@ -41,8 +41,8 @@ MAX_RUNS = 10_000_000
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 
-# Always kept: the summary table needs them.
-ALWAYS_KEPT = ("outcome", "detected", "corrupted_bytes", "dump_fidelity")
+# Always kept: the summary table needs them (and which loading method a run used).
+ALWAYS_KEPT = ("outcome", "kexec_method", "detected", "corrupted_bytes", "dump_fidelity")
 # Identity columns every row has (axis columns go between `seed` and `outcome`).
 ID_COLUMNS = ("point", "point_label", "replicate", "seed")
 TAIL_COLUMNS = ("error", "overrides", "rerun")
@@ -784,11 +784,12 @@ def lay_out(cfg: ModelConfig) -> None:
 
     from kdumpsim.crash.devices import make_engines
     from kdumpsim.crash.run import CrashRun
-    from kdumpsim.kexec.load import KEXEC_LOAD_TIME, kexec_load
+    from kdumpsim.kexec import load_capture_kernel
+    from kdumpsim.kexec.load import KEXEC_LOAD_TIME
     from kdumpsim.machine.layout import Machine
     from kdumpsim.trace.events import Trace
     machine = Machine(cfg, 0)
-    kexec_load(machine)
+    load_capture_kernel(machine)
     make_engines(CrashRun(machine, simpy.Environment(initial_time=KEXEC_LOAD_TIME), Trace()))
 
 

@@ -107,8 +107,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("virtio_drivers", "the kdump initramfs carries virtio_net", _drivers("virtio_net")),
     Option("storage_drivers", "the kdump initramfs carries the NVMe driver", _drivers("storage")),
     Option("reset_devices", "reset_devices on the capture kernel's command line", _reset_devices),
+    field_option("kexec_method", "kexec.method", ("kexec_load", "kexec_file_load"),
+                 "the loading method (kexec -c or kexec -s)"),
     # one line per further option, e.g.
-    # field_option("kexec_method", "kexec.method", ("kexec_load", "kexec_file_load")),
     # field_option("collector", "capture.collector", ("dd", "makedumpfile")),
 )
 
