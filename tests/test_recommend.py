@@ -50,11 +50,13 @@ def test_options_cover_iommu_drivers_and_reset_devices(server: Path) -> None:
     cands, _refused = reservations(str(server))
     base = next(c for c in cands if c.label == "crashkernel=256M")
     opts, refused, swept = option_candidates(str(server), base)
-    assert [o.name for o in swept] == ["iommu", "nic_drivers", "storage_drivers", "reset_devices"]
-    assert len(opts) + len(refused) == 16
+    assert [o.name for o in swept] == ["iommu", "nic_drivers", "storage_drivers", "reset_devices",
+                                         "kexec_method"]
+    assert len(opts) + len(refused) == 32
     labels = " | ".join(c.label for c in opts)
     assert "capture: intel_iommu=off" in labels and "capture: no reset_devices" in labels
     assert "initramfs with nic_rx_ring driver" in labels
+    assert "kexec.method=kexec_load" in labels
     # the model's own options change nothing
     own = next(c for c in opts if c.label == "crashkernel=256M")
     assert own.changed == 0 and own.overrides["topology.iommu.capture_kernel"] == "copy_tables"
@@ -63,10 +65,12 @@ def test_options_cover_iommu_drivers_and_reset_devices(server: Path) -> None:
 def test_an_option_is_one_line(server: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = next(c for c in reservations(str(server))[0] if c.label == "crashkernel=256M")
     before = option_candidates(str(server), base)[0]
-    monkeypatch.setattr(rec, "OPTIONS", rec.OPTIONS + (field_option("skip", "kexec.skip_checks", (False, True)),))
+    monkeypatch.setattr(rec, "OPTIONS", rec.OPTIONS + (field_option("notifiers", "kernel.crash_kexec_post_notifiers",
+                                                                       (False, True)),))
     after = option_candidates(str(server), base)[0]
     assert len(after) == 2 * len(before)
-    assert any("kexec.skip_checks=True" in c.label and c.overrides["kexec.skip_checks"] is True for c in after)
+    assert any("kernel.crash_kexec_post_notifiers=True" in c.label
+               and c.overrides["kernel.crash_kexec_post_notifiers"] is True for c in after)
 
 
 def test_why_names_the_outcome_mechanism_and_region() -> None:
