@@ -26,8 +26,8 @@ from kdumpsim.cli import lab as cli_lab
 from kdumpsim.cli import recommend as cli_recommend
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
-from kdumpsim.units import MiB
 from kdumpsim.names import OUTCOMES
+from kdumpsim.units import MiB
 
 EPILOG_RUN = """examples:
   kdumpsim run models/paper-i386-2005.yaml
