@@ -313,6 +313,8 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     m = run.metrics
     lines = [f"model      {run.machine.cfg.name} (seed {run.seed})",
              f"outcome    {run.outcome}: {outcomes[run.outcome]}",
+             f"timing     profile {run.timing.profile}"
+             + (" (measured in the QEMU TCG lab)" if run.timing.profile == "qemu-tcg" else " (assumed times)"),
              f"reserved   {run.machine.describe_reservation()}  crashkernel={run.machine.reservation.spec}",
              f"cmdline    {run.image.cmdline}",
              f"cpus       {m['cpus_saved']}/{len(run.cpus)} notes saved"
@@ -333,6 +335,11 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     for region, r in changed_regions:
         who = ", ".join(f"{w} wrote {v['bytes']} B" for w, v in r["writers"].items())
         lines.append(f"changed    {region}: {r['bytes']} bytes changed in {r['pages']} pages ({who})")
+    if run.capture_mem is not None:
+        mem = run.capture_mem
+        hits = ", ".join(f"{k} {n} B" for k, n in sorted(mem.hits.items())) or "nothing in use"
+        lines.append(f"capture    kernel at {mem.kernel_at:#x} (KASLR), needs crashkernel>={mem.need.minimum >> 20}M"
+                     + (f"; out of memory: {mem.oom}" if mem.oom else "") + f"; DMA hit {hits}")
     for name, d in m["dma"].items():
         stop = f"stopped at {d['stopped_ns'] / 1e9:.6f} s ({d['stop_reason']})" if d["stopped_ns"] is not None \
             else "never stopped"
