@@ -200,7 +200,8 @@ class CaptureMemory:
     def _kaslr(self) -> int:
         """choose_random_location: a uniformly random CONFIG_PHYSICAL_ALIGN slot at or
         above LOAD_PHYSICAL_ADDR in free RAM clear of the segments (mem_avoid); none
-        fits: the kernel decompresses where kexec loaded it."""
+        fits, or `nokaslr`/`memmap=` (6.1 disables physical KASLR for it): the kernel
+        decompresses where kexec loaded it."""
         size = align_up(self.need.parts["kernel"], KASLR_ALIGN)
         slots = []
         for s, e in self.free.ranges:
@@ -209,7 +210,8 @@ class CaptureMemory:
                 slots.append((first, (e - size - first) // KASLR_ALIGN + 1))
         total = sum(n for _, n in slots)
         seg = self.run.image.segment("kernel")
-        if not total or "nokaslr" in self.run.image.cmdline.split():
+        words = self.run.image.cmdline.split()
+        if not total or "nokaslr" in words or any(w.startswith("memmap=") for w in words):
             return seg.start if seg is not None else self.spans[0][0]
         k = self.run.machine.rng("capture_kaslr").randrange(total)
         for first, n in slots:
