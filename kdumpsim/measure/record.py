@@ -54,10 +54,9 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "dump_pages_corrupted": m["dump_pages_corrupted"],
         "dump_fidelity": m["dump_fidelity"],
         "dma_bytes_after_panic": sum(sum(d.values()) for d in m["dma_hits"].values()),
-        # the first kind of capture-kernel memory DMA hit while in use ("none"), and the bytes
+        # the kinds of capture-kernel memory DMA hit while in use ("none"), and the bytes
         # that landed in the dump tool's buffers or the dump file's page cache
-        "capture_memory_hit": next(iter(m["capture_memory_hits"]), "none") if not run.capture_crashed
-        else run.capture_crashed,
+        "capture_memory_hit": ",".join(m["capture_memory_hits"]) or "none",
         "dump_file_corrupted_bytes": sum(n for k, n in m["capture_memory_hits"].items() if k in DUMP_KINDS),
         "reservation_start": machine.reservation.start,
         "reservation_end": machine.reservation.end,
