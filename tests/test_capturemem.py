@@ -76,6 +76,7 @@ def test_the_initrd_matters_until_populate_rootfs_frees_it():
     assert early.outcome == "capture_kernel_corrupted" and "initrd" in early.capture_corrupted
     late = _run(_poker(addr, freed + 0.01, 0.01))                 # freed, not yet handed out again
     assert late.outcome == "ok" and late.capture_mem.hits == {}
+    assert early.metrics["regions"]["initrd"]["bytes"] > 0 and late.metrics["regions"]["initrd"]["bytes"] == 0
 
 
 def test_dma_into_the_dump_tools_pages_damages_the_dump_file():
@@ -89,6 +90,14 @@ def test_dma_into_the_dump_tools_pages_damages_the_dump_file():
     from kdumpsim.measure.record import run_record
     row = run_record(run)
     assert row["capture_memory_hit"] == "dump_buffers" and row["dump_file_corrupted_bytes"] > 0
+
+
+def test_crashkernel_high_puts_swiotlb_in_the_low_region():
+    run = simulate(load_model(MODEL, ["kexec.crashkernel=256M,high"]), 1)
+    low = run.machine.reservation.low
+    swiotlb = [u for u in run.capture_mem.uses if u.kind == "swiotlb"]
+    assert low is not None and sum(u.end - u.start for u in swiotlb) == 64 * MiB
+    assert all(low[0] <= u.start and u.end <= low[1] for u in swiotlb) and run.outcome != "capture_oom"
 
 
 def test_a_reservation_too_small_for_the_run_is_capture_oom():

@@ -136,6 +136,8 @@ def finish(run: CrashRun) -> None:
     for name in ("kernel", "initrd", "params", "purgatory", "elfcorehdr"):
         at = {"purgatory": run.phase.get("purgatory_start", end),
               "elfcorehdr": run.phase.get("vmcore_init", end)}.get(name, boot_end)
+        if run.capture_mem is not None and name in ("kernel", "initrd", "params"):
+            at = min(at, run.capture_mem.consumed_at(name))     # consumed then; later writes hit free memory
         regions[name] = segment_corruption(run, name, at).as_dict()
     saved = notes_in_dump(run)
     dumped_units = 0
