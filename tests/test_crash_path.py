@@ -32,7 +32,7 @@ def small_modern(*overrides: str):
     return model("modern-x86_64",
                  'memory.iomem=["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]',
                  "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1", "cpus.panic_cpu=1",
-                 "kexec.crashkernel=128M", *overrides)
+                 "kexec.crashkernel=128M", "kexec.initrd_size=8M", *overrides)
 
 
 def device(kind: str, start: str, lo: int, hi: int, mode: str = "range", **extra) -> str:

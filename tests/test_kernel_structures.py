@@ -49,7 +49,7 @@ SMALL = ('memory.iomem=["00000000-00000fff : reserved", "00001000-0009fbff : Sys
          '"00100000-05ffffff : System RAM", "06000000-07ffffff : reserved", '
          '"08000000-0fffffff : System RAM", "10000000-fedfffff : PCI Bus", '
          '"100000000-103ffffff : System RAM"]', "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M",
-         "cpus.count=6", "cpus.panic_cpu=1",
+         "kexec.initrd_size=4M", "cpus.count=6", "cpus.panic_cpu=1",
          "cpus.unresponsive={3: hung}")
 
 

@@ -70,7 +70,9 @@ class Case:
         return MODELS / f"{self.model}.yaml"
 
 
-MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M", "cpus.count=6", "cpus.panic_cpu=1",
+# A 4M initramfs: unpacked, with a 16M kernel, it fits the capture kernel in 64M (kdumpsim.crash.capturemem).
+MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M", "kexec.initrd_size=4M",
+          "cpus.count=6", "cpus.panic_cpu=1",
           "cpus.unresponsive={3: hung}")
 MODERN_2 = MODERN[:1] + ("kexec.crashkernel=64M@160M",) + MODERN[2:] + ("cpus.busy_share=1.0",)
 KEXEC_LOAD = ("kexec.method=kexec_load",)

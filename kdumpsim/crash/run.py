@@ -49,6 +49,10 @@ class CrashRun:
     vmcore_error: str | None = None
     copy: Any = None                               # capture.VmcoreCopy once the dump copy starts
     capture_corrupted: dict[str, int] = field(default_factory=dict)
+    capture_mem: Any = None                        # capturemem.CaptureMemory once the capture kernel runs
+    capture_crashed: str | None = None             # what DMA hit that crashed the capture kernel
+    capture_stopped: str | None = None             # capture_kernel_crashed | capture_oom
+    path: simpy.Process | None = None              # the crash path's process (stopped by stop_capture)
     outcome: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     _regions: list[tuple[int, int, str]] = field(default_factory=list)
@@ -59,6 +63,14 @@ class CrashRun:
         return self.machine.cfg.timing
 
     device_names: set[str] = field(default_factory=set)
+
+    def stop_capture(self, why: str) -> None:
+        """The capture kernel stops now (crashed, or out of memory): the crash path ends."""
+        if self.capture_stopped is not None:
+            return
+        self.capture_stopped = why
+        if self.path is not None and self.path.is_alive and self.env.active_process is not self.path:
+            self.path.interrupt(why)
 
     def mark(self, phase: str, actor: str, **details: Any) -> None:
         """A phase of the crash path reached now: one name (names.PHASES) in
@@ -138,7 +150,8 @@ def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment]
     run.engines = make_engines(run)
     for eng in run.engines:
         eng.start()
-    env.run(until=env.process(crash_path(run)))
+    run.path = env.process(crash_path(run))
+    env.run(until=run.path)
     return run
 
 
@@ -162,4 +175,7 @@ def crash_path(run: CrashRun) -> Generator:
     if not reached_kernel:
         run.mark("hang", PURGATORY)
         return
-    yield from capture_kernel(run)
+    try:
+        yield from capture_kernel(run)
+    except simpy.Interrupt:
+        pass          # the capture kernel crashed or ran out of memory: stop_capture traced why
