@@ -365,7 +365,7 @@ def _fidelity_text(f: float) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from kdumpsim.config.model import load_model
-    from kdumpsim.crash.capturemem import capture_need, planned_segments
+    from kdumpsim.crash.capturemem import capture_need, minimum_crashkernel, planned_segments
     from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.crashkernel import parse_crashkernel
     from kdumpsim.machine.layout import Machine
@@ -383,8 +383,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except LayoutError:
             size = 0                 # unparseable: the error says so
         if modern and size and e.field == "kexec.crashkernel":    # the one error line also says how much it takes
-            short = capture_need(planned_segments(cfg), [(0, size)], ram, collector)
-            msg += f"; the capture kernel needs at least crashkernel={short.minimum // MiB}M to run (validate " \
+            least = minimum_crashkernel(planned_segments(cfg), ram, collector)
+            msg += f"; the capture kernel needs at least crashkernel={least // MiB}M to run (validate " \
                    "with a larger one shows the breakdown)"
         raise ConfigError(args.model, e.field, msg) from None
     reserved = sum(e - s for s, e in m.reservation.spans)
@@ -398,8 +398,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"needs      at least {need / 2**20:.1f}M for the segments ({parts})"
           + ("" if modern else "; the capture kernel's own memory at run time is modelled for modern x86_64 only"))
     if modern:
-        cneed = capture_need({s.name: s.memsz for s in image.segments}, m.reservation.spans, m.ram_total, collector)
-        for line in cneed.describe(reserved):
+        segs = {s.name: s.memsz for s in image.segments}
+        cneed = capture_need(segs, m.reservation.spans, m.ram_total, collector)
+        at_least = (minimum_crashkernel(segs, m.ram_total, collector, m.reservation.spans[0][0])
+                    if len(m.reservation.spans) == 1 else None)     # ,high: the two regions' own need
+        for line in cneed.describe(reserved, at_least):
             print(line)
     print(f"timing profile {cfg.timing.profile}" + (" (assumptions within the published 4.6-6.5 s capture-service "
                                                      "start)" if cfg.timing.profile == "server" else
