@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
+from kdumpsim.measure.verdict import VERDICT_COLUMNS, verdict_record
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -28,7 +29,10 @@ def mechanisms(run: CrashRun) -> list[str]:
 RECORD_COLUMNS = ("outcome", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
                   "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
                   "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump", "cma_hit_after_jump",
-                  "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
+                  "reservation_start", "reservation_end",
+                  # the collector (kdumpsim.crash.collector) and what its filtering did
+                  "collector", "dump_level", "pages_excluded", "excluded_pages_hit", "struct_pages_changed",
+                  "keep_set_changed") + VERDICT_COLUMNS + ANALYSIS_COLUMNS
 # Per-region bytes, per-region DMA hits, per-phase times (seconds).
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
 
@@ -54,6 +58,9 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "dma_bytes_after_panic": sum(sum(d.values()) for d in m["dma_hits"].values()),
         "reservation_start": machine.reservation.start,
         "reservation_end": machine.reservation.end,
+        **{c: v for c, v in m["collector"].items() if c != "name"},
+        "collector": m["collector"]["name"],
+        **verdict_record(run),
     }
     for region, r in m["regions"].items():
         row[f"corrupted_bytes_{region}"] = r["bytes"]
