@@ -9,8 +9,8 @@ crashing task's stack (the backtrace). Where kdumpsim.firstkernel puts them:
 FirstKernel.regions(); VMCOREINFO at Machine.vmcoreinfo_addr; the stack at
 the panicking CPU's saved rsp (THREAD_SIZE 16 KiB on x86_64).
 
-A run's dump is analysable when a collector produced it and none of these
-bytes differ from the truth (RAM at the panic, plus the crashing kernel's own
+A run's dump is analysable when a collector produced it and none of the
+words in use in these structures (non-zero in the truth) differ from the truth (RAM at the panic, plus the crashing kernel's own
 writes) at the time the collector read them: the capture kernel read
 VMCOREINFO at vmcore_init (it becomes part of the ELF headers); the
 collector read the rest at its read times (kdumpsim.crash.collector). With
@@ -27,11 +27,14 @@ from __future__ import annotations
 import bisect
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kdumpsim import defaults as D
 from kdumpsim.firstkernel.mm import SECTION_MEMMAP
 from kdumpsim.formats import elf
 from kdumpsim.machine.ram import PAGE_SHIFT
 from kdumpsim.measure.metrics import is_truth
+from kdumpsim.names import cpu_of
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -58,6 +61,36 @@ def structure_ranges(run: CrashRun) -> list[tuple[int, int, str]]:
     return sorted(out)
 
 
+LOG_RECORDS = ("printk_descs", "printk_infos", "log_buf")
+PRINTK_INFO_SIZE, TEXT_LEN = 88, 16        # SIZE(printk_info), OFFSET(printk_info.text_len) (VMCOREINFO, 6.1)
+
+
+def _read_ranges(run: CrashRun) -> list[tuple[int, int, str]]:
+    """structure_ranges, the log's record areas narrowed to the crash's own
+    records (what the panicking CPU logged: the panic banner, stack and the
+    shootdown lines). A boot record DMA garbled prints as garbage, but the
+    reader walks on to the crash's records (makedumpfile printk.c
+    dump_lockless_dmesg reads each descriptor, its info and text in turn)."""
+    out = []
+    for start, end, name in structure_ranges(run):
+        if name not in LOG_RECORDS:
+            out.append((start, end, name))
+            continue
+        for w in run.machine.memory.writes_in(start, end, since=-1):       # from the panic on
+            if cpu_of(w.actor) is None:
+                continue
+            lo, hi = max(start, w.addr), min(end, w.addr + w.length)
+            if name == "printk_infos":           # (the lockless ring's; 4.18 has none)
+                # Of a printk_info the reader takes text_len (how much text to print); seq,
+                # ts_nsec and caller_id only label the line (printk.c dump_record).
+                first = start + (lo - start) // PRINTK_INFO_SIZE * PRINTK_INFO_SIZE
+                out += [(r + TEXT_LEN, r + TEXT_LEN + 2, name) for r in range(first, hi, PRINTK_INFO_SIZE)
+                        if lo <= r + TEXT_LEN < hi]
+            else:
+                out.append((lo, hi, name))
+    return out
+
+
 def _offset_of(run: CrashRun, addr: int) -> int | None:
     """The vmcore file offset holding physical address addr (None: not dumped)."""
     if run.vmcore is None:
@@ -71,11 +104,29 @@ def _offset_of(run: CrashRun, addr: int) -> int | None:
 
 
 def _changed(run: CrashRun, lo: int, hi: int, at: int) -> bool:
-    """Bytes [lo, hi) (within one page) differ from the truth at time `at`."""
+    """A word of [lo, hi) (within one page) that holds something in the truth
+    differs from it at time `at`. The tools read the words in use: a table's
+    present entries, the log's records, the set fields; a zero word is an
+    absent entry, an unused slot or free text space (the first kernel writes
+    every word it uses, docs/SOURCES.md "The analysable verdict")."""
     mem = run.machine.memory
     pfn = lo >> PAGE_SHIFT
-    a, b = lo - (pfn << PAGE_SHIFT), hi - (pfn << PAGE_SHIFT)
-    return bytes(mem.page(pfn, at)[a:b]) != bytes(mem.page(pfn, None, keep=is_truth)[a:b])
+    a, b = (lo - (pfn << PAGE_SHIFT)) & ~7, -(-(hi - (pfn << PAGE_SHIFT)) // 8) * 8
+    got = np.frombuffer(bytes(mem.page(pfn, at)[a:b]), np.uint8)
+    want = np.frombuffer(bytes(mem.page(pfn, None, keep=is_truth)[a:b]), np.uint8)
+    in_use = np.repeat(want.view("<u8") != 0, 8)
+    lo_i, hi_i = lo - (pfn << PAGE_SHIFT) - a, hi - (pfn << PAGE_SHIFT) - a
+    return bool(((got != want) & in_use)[lo_i:hi_i].any())
+
+
+def _text_cut(run: CrashRun, lo: int, hi: int, at: int) -> bool:
+    """printk_info.text_len now below the truth: the record's text is cut. A
+    larger one is capped at the text block (printk.c dump_record "handle
+    truncated messages"): the text still prints whole."""
+    mem = run.machine.memory
+    got = int.from_bytes(mem.read(lo, 2, at), "little")
+    want = int.from_bytes(bytes(mem.page(lo >> PAGE_SHIFT, None, keep=is_truth))[lo % PAGE:lo % PAGE + 2], "little")
+    return got < want
 
 
 def structures_changed(run: CrashRun) -> list[str]:
@@ -87,7 +138,7 @@ def structures_changed(run: CrashRun) -> list[str]:
     read_at = run.phase.get("vmcore_init")
     if vi is not None and read_at is not None and _changed(run, vi, vi + PAGE, read_at):
         bad.add("vmcoreinfo")
-    for start, end, name in structure_ranges(run):
+    for start, end, name in _read_ranges(run):
         pages = set(mem.touched_in(start, end))
         if copy.collector == "makedumpfile":       # excluded through a changed struct page
             pages |= {p for p in copy.overrides if start >> PAGE_SHIFT <= p < -(-end >> PAGE_SHIFT)}
@@ -97,7 +148,8 @@ def structures_changed(run: CrashRun) -> list[str]:
             if off is None:
                 continue
             missing = copy.collector == "makedumpfile" and not copy.read_by_makedumpfile(pfn)
-            if missing or _changed(run, lo, hi, copy.read_time(off)):
+            check = _text_cut if name == "printk_infos" else _changed
+            if missing or check(run, lo, hi, copy.read_time(off)):
                 bad.add(name)
                 break
     return sorted(bad)
