@@ -4,7 +4,7 @@
     makedumpfile   -d DUMP_LEVEL: reads mem_map first, then only the kept pages,
                    in page-frame order (MakedumpfileCopy)
 
-makedumpfile (docs/SOURCES.md "makedumpfile as the collector"; makedumpfile.c
+makedumpfile (docs/SOURCES.md §12; makedumpfile.c
 create_dump_bitmap, create_2nd_bitmap, __exclude_unnecessary_pages,
 write_kdump_pages_and_bitmap_cyclic, calculate_cyclic_buffer_size):
 - the bitmaps of max_mapnr pfns fit its 4 MiB cyclic buffer up to 16 Mi pfns
@@ -144,7 +144,7 @@ class MakedumpfileCopy:
         spans = sorted({(-(-c.origin // PAGE), -(-(c.origin + c.size) // PAGE)) for c in layout.chunks})
         self.spans = _merge(spans)
         self._span_starts = [a for a, _ in self.spans]
-        self._span_prefix = list(np.cumsum([0] + [b - a for a, b in self.spans]))
+        self._span_prefix = [int(x) for x in np.cumsum([0] + [b - a for a, b in self.spans])]
         self._chunk_offsets = [c.offset for c in layout.chunks]
         max_mapnr = self.spans[-1][1] if self.spans else 0
         per_cycle = CYCLIC_BUFFER_MAX * 8
@@ -201,7 +201,7 @@ class MakedumpfileCopy:
             mask = self._kept_mask(b, cls)
             c.block_kept[b] = int(mask.sum())
             c.zero_class += int((mask & (cls == FK.ZERO)).sum())
-        c.prefix = list(np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)]))
+        c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
         c.decided = True
 
     def _struct_page_overrides(self, c: _Cycle) -> None:

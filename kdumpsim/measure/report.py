@@ -53,6 +53,7 @@ def _vmcore_summary(run: CrashRun) -> dict[str, Any] | None:
             "notes_bytes": len(v.notes),
             "loads": [{"offset": p.p_offset, "paddr": p.p_paddr, "vaddr": p.p_vaddr, "size": p.p_memsz}
                       for p in v.phdrs[1:]],
+            "collector": run.machine.cfg.capture.collector,
             "dump_start_ns": run.copy.start if run.copy else None,
             "throughput": run.copy.throughput if run.copy else None}
 
@@ -81,6 +82,9 @@ def assumptions(run: CrashRun) -> list[str]:
     if run.machine.cma is not None:
         out.append("CMA area: placed top-down, 4 MiB aligned; passed to the capture kernel and left out of the "
                    "dump as kexec_file_load does, while the rest of the layout is kexec_load's")
+    if cfg.capture.collector == "makedumpfile":
+        out.append(f"makedumpfile -l -d {cfg.capture.dump_level}: reads mem_map and the pages it keeps at the "
+                   "dump throughput (dd's per-byte rate); compression and writing overlap the reads")
     if run.machine.era == "2005" and "nic_rx_ring" in kinds:
         out.append("2.6.13 e1000 RX buffers: one slab object per page")
     return out

@@ -19,7 +19,7 @@ free, cache or user) is also missing from the dump.
 
 mem_map itself is not in the list: a changed struct page makes filtering
 wrong (`mem_map_changed`, `keep_set_changed`) but the dump still analyses,
-as the real tools show (docs/SOURCES.md "The analysable verdict").
+as the real tools show (docs/SOURCES.md §13).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _changed(run: CrashRun, lo: int, hi: int, at: int) -> bool:
     differs from it at time `at`. The tools read the words in use: a table's
     present entries, the log's records, the set fields; a zero word is an
     absent entry, an unused slot or free text space (the first kernel writes
-    every word it uses, docs/SOURCES.md "The analysable verdict")."""
+    every word it uses, docs/SOURCES.md §13)."""
     mem = run.machine.memory
     pfn = lo >> PAGE_SHIFT
     a, b = (lo - (pfn << PAGE_SHIFT)) & ~7, -(-(hi - (pfn << PAGE_SHIFT)) // 8) * 8
