@@ -219,6 +219,7 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         "cpus": {"count": 1},
         "memory": {"iomem": iomem},
         "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}"},
+        "capture": {"collector": "dd"},          # the lab's kdump copies /proc/vmcore with dd
         "kernel": model_kernel,
         "timing": timing_block,
         "devices": [dev],
