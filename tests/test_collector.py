@@ -114,3 +114,33 @@ def test_struct_page_verdict_follows_makedumpfile_tests() -> None:
     lru_file = (1 << pg["lru"], 0, 0xFFFF_8880_0000_0040, 0, 0, 0, 0, 0)
     assert struct_page_verdict(lru_file, pg, 2) == (True, 1)
     assert struct_page_verdict(lru_file, pg, 8) == (False, 1)                # user data only: kept
+
+
+def test_filtered_elf_leaves_out_runs_of_256_excluded_pages_and_opens_in_the_real_tools(small_modern, tmp_path) -> None:
+    from kdumpsim.formats import elf
+    from kdumpsim.formats.vmcore import PFN_EXCLUDED, _filtered_loads, write_filtered_elf
+    from kdumpsim.formats.vmcorefile import Chunk
+
+    class Mask:                                    # a collector that keeps what the mask says
+        def __init__(self, keep: np.ndarray):
+            self.keep = keep
+
+        def dumpable(self, lo: int, hi: int) -> np.ndarray:
+            return self.keep[lo - 0x100:hi - 0x100]
+
+    keep = np.ones(1024, dtype=bool)
+    keep[10:10 + PFN_EXCLUDED - 1] = False         # 255 excluded: written as they are
+    keep[400:400 + PFN_EXCLUDED] = False           # 256: left out, the PT_LOAD ends there
+    ph = elf.Phdr(elf.PT_LOAD, 7, 0x1000, 0, 0x100000, 1024 * PAGE, 1024 * PAGE, 0)
+    loads = _filtered_loads(Mask(keep), ph, Chunk(0x1000, 0x100000, 1024 * PAGE, 0x100000))
+    assert [(p, m // PAGE, f // PAGE) for _, p, m, f, _ in loads] == \
+        [(0x100000, 400 + PFN_EXCLUDED, 400), (0x100000 + (400 + PFN_EXCLUDED) * PAGE, 1024 - 656, 1024 - 656)]
+    # A real run's filtered ELF: makedumpfile prints its log, libkdumpfile walks its page tables.
+    from tests.conftest import require_tool
+    require_tool("makedumpfile")
+    from kdumpsim.measure.analysis import analyse_vmcore
+    run = simulate(small_modern("devices=[]"), 1)
+    path = tmp_path / "dump.elf"
+    write_filtered_elf(run, path)
+    r = analyse_vmcore(path, tmp_path / "work")
+    assert r["log_readable"] and r["pagetables_ok"] and r["filter_ok"], r["errors"]

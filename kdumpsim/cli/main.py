@@ -180,6 +180,9 @@ def _run_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--trace", metavar="OUT.jsonl", help="write every event, one JSON object per line")
     a.add_argument("--vmcore", metavar="OUT.vmcore", help="write /proc/vmcore as the capture kernel's copy read it")
     a.add_argument("--oldmem", metavar="OUT.raw", help="write the /dev/oldmem raw view (sparse file)")
+    a.add_argument("--dumpfile", metavar="OUT", help="write what the collector writes: makedumpfile -E's filtered "
+                                                     "ELF (capture.collector makedumpfile), or /proc/vmcore as dd "
+                                                     "copied it")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a.add_argument("--json", action="store_true", help="print the run report as JSON on stdout instead of the "
                                                          "text summary (what --report writes)")
@@ -271,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ram = sum(r.size for r in cfg.memory.iomem if r.type == "System RAM")
     if args.vmcore:         # the vmcore holds all RAM but the reservation: at most RAM plus headers
         check_free_space(args.vmcore, ram, "vmcore (about the model's RAM)")
+    if args.dumpfile:
+        check_free_space(args.dumpfile, ram, "dump file (at most about the model's RAM)")
         if not args.quiet:
             print(f"vmcore: up to {_gib(ram)} (the model's RAM) will be written to {args.vmcore}", file=sys.stderr)
     if args.oldmem:         # sparse: holes take no space, RAM does
@@ -288,12 +293,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
                                 sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
-    if (args.vmcore or args.oldmem) and run.vmcore is None and run.outcome in fail_on:
+    if (args.vmcore or args.oldmem or args.dumpfile) and run.vmcore is None and run.outcome in fail_on:
         print(f"kdumpsim: no vmcore to write: the run's outcome is {run.outcome}", file=sys.stderr)
-    elif args.vmcore or args.oldmem:
-        from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
+    elif args.vmcore or args.oldmem or args.dumpfile:
+        from kdumpsim.formats.vmcore import write_filtered_elf, write_oldmem, write_vmcore
         if args.vmcore:
             write_vmcore(run, args.vmcore)
+        if args.dumpfile:
+            (write_filtered_elf if cfg.capture.collector == "makedumpfile" else write_vmcore)(run, args.dumpfile)
         if args.oldmem:
             write_oldmem(run, args.oldmem)
     if args.json:

@@ -305,6 +305,21 @@ class MakedumpfileCopy:
     def end(self) -> int:
         return self.cycle_end(self.cycles[-1]) if self.cycles else self.start
 
+    def dumpable(self, lo: int, hi: int) -> np.ndarray:
+        """In the dump pfns [lo, hi): read, and not all zeros when read (one bool a pfn)."""
+        out = np.zeros(hi - lo, dtype=bool)
+        for b in range(lo // BLOCK, -(-hi // BLOCK)):
+            a, e = max(lo, b * BLOCK), min(hi, (b + 1) * BLOCK)
+            cls = self.k.page_classes(np.arange(a, e, dtype=np.uint64))
+            mask = self._kept_mask(b)[a - b * BLOCK:e - b * BLOCK].copy()
+            if self.dump_level & DL_EXCLUDE_ZERO:
+                mask &= cls != FK.ZERO
+                for p in self.mem.touched_in(a * PAGE, e * PAGE):
+                    if self.read_by_makedumpfile(p):
+                        mask[p - a] = not _is_zero(self.mem.page(p, self.page_read_time(p)))
+            out[a - lo:e - lo] = mask
+        return out
+
     # ------------------------------------------------------------ counts
     def pages_read(self) -> int:
         return int(sum(c.prefix[-1] for c in self.cycles if c.decided))
