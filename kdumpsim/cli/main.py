@@ -332,6 +332,13 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
         per_million = (f", {ppm:.0f} per million" if ppm >= 10 else f", {ppm:.2g} per million") if changed else ""
         lines.append(f"dump       {changed} of {pages} dumped pages differ from RAM at the panic"
                      f"{per_million} (fidelity {_fidelity_text(m['dump_fidelity'])})")
+    col = m.get("collector", {})
+    if col.get("name") == "makedumpfile":
+        lines.append(f"collector  makedumpfile -d {col['dump_level']}: {col['pages_excluded']} pages excluded "
+                     f"({col['excluded_pages_hit']} of them written by DMA: no dump damage), "
+                     f"{col['struct_pages_changed']} struct pages changed before it read them")
+    elif col:
+        lines.append("collector  dd: all of /proc/vmcore in file order")
     changed_regions = [(region, r) for region, r in m["regions"].items() if r["bytes"]]
     if changed_regions:
         lines.append("changed    bytes = bytes that now differ from what they should hold; "
