@@ -274,10 +274,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ram = sum(r.size for r in cfg.memory.iomem if r.type == "System RAM")
     if args.vmcore:         # the vmcore holds all RAM but the reservation: at most RAM plus headers
         check_free_space(args.vmcore, ram, "vmcore (about the model's RAM)")
-    if args.dumpfile:
-        check_free_space(args.dumpfile, ram, "dump file (at most about the model's RAM)")
         if not args.quiet:
             print(f"vmcore: up to {_gib(ram)} (the model's RAM) will be written to {args.vmcore}", file=sys.stderr)
+    if args.dumpfile:
+        check_free_space(args.dumpfile, ram, "dump file (at most about the model's RAM)")
     if args.oldmem:         # sparse: holes take no space, RAM does
         check_free_space(args.oldmem, ram, "oldmem file (the model's RAM; holes are sparse)")
     run = simulate_checked(args.model, cfg, args.seed)
