@@ -181,6 +181,9 @@ def _run_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--trace", metavar="OUT.jsonl", help="write every event, one JSON object per line")
     a.add_argument("--vmcore", metavar="OUT.vmcore", help="write /proc/vmcore as the capture kernel's copy read it")
     a.add_argument("--oldmem", metavar="OUT.raw", help="write the /dev/oldmem raw view (sparse file)")
+    a.add_argument("--dumpfile", metavar="OUT", help="write what the collector writes: makedumpfile -E's filtered "
+                                                     "ELF (capture.collector makedumpfile), or /proc/vmcore as dd "
+                                                     "copied it")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a.add_argument("--json", action="store_true", help="print the run report as JSON on stdout instead of the "
                                                          "text summary (what --report writes)")
@@ -274,6 +277,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_free_space(args.vmcore, ram, "vmcore (about the model's RAM)")
         if not args.quiet:
             print(f"vmcore: up to {_gib(ram)} (the model's RAM) will be written to {args.vmcore}", file=sys.stderr)
+    if args.dumpfile:
+        check_free_space(args.dumpfile, ram, "dump file (at most about the model's RAM)")
     if args.oldmem:         # sparse: holes take no space, RAM does
         check_free_space(args.oldmem, ram, "oldmem file (the model's RAM; holes are sparse)")
     run = simulate_checked(args.model, cfg, args.seed)
@@ -289,12 +294,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
                                 sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
-    if (args.vmcore or args.oldmem) and run.vmcore is None and run.outcome in fail_on:
+    if (args.vmcore or args.oldmem or args.dumpfile) and run.vmcore is None and run.outcome in fail_on:
         print(f"kdumpsim: no vmcore to write: the run's outcome is {run.outcome}", file=sys.stderr)
-    elif args.vmcore or args.oldmem:
-        from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
+    elif args.vmcore or args.oldmem or args.dumpfile:
+        from kdumpsim.formats.vmcore import write_filtered_elf, write_oldmem, write_vmcore
         if args.vmcore:
             write_vmcore(run, args.vmcore)
+        if args.dumpfile:
+            (write_filtered_elf if cfg.capture.collector == "makedumpfile" else write_vmcore)(run, args.dumpfile)
         if args.oldmem:
             write_oldmem(run, args.oldmem)
     if args.json:
@@ -329,6 +336,13 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
         per_million = (f", {ppm:.0f} per million" if ppm >= 10 else f", {ppm:.2g} per million") if changed else ""
         lines.append(f"dump       {changed} of {pages} dumped pages differ from RAM at the panic"
                      f"{per_million} (fidelity {_fidelity_text(m['dump_fidelity'])})")
+    col = m.get("collector", {})
+    if col.get("name") == "makedumpfile":
+        lines.append(f"collector  makedumpfile -d {col['dump_level']}: {col['pages_excluded']} pages excluded "
+                     f"({col['excluded_pages_hit']} of them written by DMA: no dump damage), "
+                     f"{col['struct_pages_changed']} struct pages changed before it read them")
+    elif col:
+        lines.append("collector  dd: all of /proc/vmcore in file order")
     changed_regions = [(region, r) for region, r in m["regions"].items() if r["bytes"]]
     if changed_regions:
         lines.append("changed    bytes = bytes that now differ from what they should hold; "
@@ -370,7 +384,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from kdumpsim.machine.crashkernel import parse_crashkernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(args.model, args.overrides)
-    collector = getattr(getattr(cfg, "capture", None), "collector", "dd")
+    collector = cfg.capture.collector
     modern = cfg.arch == "x86_64" and cfg.era == "modern" and cfg.design != "2004"
     try:
         m = Machine(cfg, 0)
