@@ -384,7 +384,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from kdumpsim.machine.crashkernel import parse_crashkernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(args.model, args.overrides)
-    collector = cfg.capture.collector
+    collector = cfg.capture.collector or "dd"        # filled by the era defaults
     modern = cfg.arch == "x86_64" and cfg.era == "modern" and cfg.design != "2004"
     try:
         m = Machine(cfg, 0)

@@ -80,7 +80,7 @@ def _capture_memory(run: CrashRun, jump: int) -> CaptureMemory | None:
     cfg = run.machine.cfg
     if cfg.arch != "x86_64" or cfg.era != "modern" or cfg.design == "2004":
         return None
-    return CaptureMemory(run, jump, cfg.capture.collector)
+    return CaptureMemory(run, jump, cfg.capture.collector or "dd")
 
 
 def _segments_changed_before_use(run: CrashRun, mem: CaptureMemory | None) -> dict[str, int]:
