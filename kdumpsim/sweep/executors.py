@@ -93,17 +93,17 @@ def _keep_vmcore(chunk: Chunk, r: RunSpec, run: Any) -> str | None:
 
 
 def make_chunks(runs: list[RunSpec], models: Callable[[int], ModelConfig], size: int, shuffle_seed: int,
-                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> list[Chunk]:
+                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> Iterator[Chunk]:
     """Consecutive runs in chunks of `size` (so a chunk carries one or two
     models), in a shuffled order so that the rate, and the time left the
-    progress bar shows, are not skewed by slow points bunched together."""
-    chunks = []
-    for i in range(0, len(runs), size):
+    progress bar shows, are not skewed by slow points bunched together. A
+    chunk's models are validated when it is sent, so they are never all in
+    memory at once."""
+    starts = list(range(0, len(runs), size))
+    random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(starts)
+    for i in starts:
         part = tuple(runs[i:i + size])
-        chunks.append(Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir,
-                            analyse_dir))
-    random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(chunks)
-    return chunks
+        yield Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir, analyse_dir)
 
 
 def chunk_size(n_runs: int, workers: int) -> int:

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,7 +161,7 @@ def _run_locked(exp: Experiment, out: Path, opts: Options) -> SweepResult:
     store = PartStore(out, ident["identity"])
     started = _prepare(exp, out, store, opts.resume, ident)
     done = store.done(_row_check(exp))
-    todo = [r for r in exp.runs() if (r.point, r.replicate) not in done]
+    todo = [r for r in exp.iter_runs() if (r.point, r.replicate) not in done]
     total = len(exp.points) * exp.spec.replicates
     if done:
         print(f"resuming: {len(done)} of {total} runs already in {store.parts}", file=sys.stderr)
@@ -225,7 +226,7 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     return now
 
 
-def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Chunk], total: int, done: int,
+def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: Iterable[Chunk], total: int, done: int,
                 progress: bool) -> None:
     """Run the chunks, saving each chunk's rows as it arrives."""
     bar = progress_bar(exp.spec.name, total, done, progress)
