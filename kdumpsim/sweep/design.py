@@ -556,6 +556,7 @@ def _sample_axes(s: SampleSpec, master: int, source: str) -> list[Axis]:
         # Integer endpoints give integer values (for fields such as descriptors).
         integral = all(isinstance(x, int) and not isinstance(x, bool) for x in (a.low, a.high))
         values, unit, column, display = _typed(kind, [round(x) for x in raw] if integral else raw, integral)
+        _check_column(column, where, source)
         axes.append(Axis(a.name or a.key, where, (a.key,), tuple({a.key: v} for v in values),
                          tuple(column), tuple(display), unit, "sample"))
     return axes
