@@ -233,9 +233,17 @@ class DaskExecutor(Executor):
     `workers` single-threaded processes started here."""
     name = "dask"
 
+    # The client logs a traceback when its scheduler goes away; the sweep says it in one line (_result).
+    QUIET = ("distributed.client", "distributed.comm")
+
     def __init__(self, scheduler: str | None, workers: int):
+        import logging
+
         from distributed import Client, LocalCluster
         self.cluster = None
+        self.levels = {name: logging.getLogger(name).level for name in self.QUIET}
+        for name in self.QUIET:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             if scheduler is None:
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -246,6 +254,7 @@ class DaskExecutor(Executor):
             else:
                 self.client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as e:
+            self._loud()
             raise ConfigError("--scheduler", "", f"cannot connect to the Dask scheduler {scheduler}: "
                               f"{_text(e)}") from None
         self.scheduler = self.client.scheduler.address
@@ -301,6 +310,12 @@ class DaskExecutor(Executor):
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close()
+        self._loud()
+
+    def _loud(self) -> None:
+        import logging
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _text(e: BaseException) -> str:
