@@ -53,6 +53,9 @@ VMCORE_INIT_AT = "0.5s"           # fs_initcall vmcore_init (assumption)
 CAPTURE_IOMMU_INIT = "0.6s"       # rootfs_initcall pci_iommu_init (assumption)
 CAPTURE_DRIVER_INIT = "3s"        # initramfs modules probe (assumption)
 CAPTURE_BOOT = "4.5s"             # the dump service starts (assumption, in the published range)
+# populate_rootfs unpacking the initrd (rate of its compressed bytes; assumption for
+# hardware; the lab's TCG capture kernel: 1763109 bytes in 0.141 s, docs/SOURCES.md §13).
+INITRAMFS_UNPACK_RATE = "100MB/s"
 # Copy failed: translation is off from init_dmars until intel_iommu_init re-enables it with
 # fresh tables (drivers/iommu/intel/iommu.c): how long that takes (assumption).
 IOMMU_FRESH_TABLES = "1ms"
@@ -98,6 +101,25 @@ INITRD_SIZE_2005 = 2 * MiB
 INITRD_SIZE_MODERN = 28 * MiB          # kdump initramfs (docs/SOURCES.md §10)
 PURGATORY_SIZE = 16 * KiB
 PARAMS_SIZE = 16 * KiB                 # parameter block: zero page + command line (KT 2005: 16 KiB)
+# --- kexec_file_load (the kernel lays out the segments; docs/SOURCES.md §12).
+KEXEC_FILE_MIN_PURGATORY_ADDR = 0x3000        # arch/x86/kernel/kexec-bzimage64.c MIN_PURGATORY_ADDR
+KEXEC_FILE_MIN_BOOTPARAM_ADDR = 0x3000        # MIN_BOOTPARAM_ADDR
+KEXEC_FILE_MIN_KERNEL_LOAD_ADDR = 1 * MiB     # MIN_KERNEL_LOAD_ADDR
+KEXEC_FILE_MIN_INITRD_LOAD_ADDR = 16 * MiB    # MIN_INITRD_LOAD_ADDR
+KEXEC_FILE_ELF_CORE_HEADER_ALIGN = 4096       # include/linux/kexec.h ELF_CORE_HEADER_ALIGN
+MAX_ELFCOREHDR_STR_LEN = 30                   # "elfcorehdr=0x<64bit-value> "
+CMDLINE_SIZE_X86 = 2048                       # setup header cmdline_size (COMMAND_LINE_SIZE, boot protocol 2.06+)
+BOOT_PARAMS_SIZE = 4096                       # sizeof(struct boot_params)
+SETUP_DATA_HDR = 16                           # sizeof(struct setup_data): next, type, len
+EFI_SETUP_DATA_SIZE = 96                      # sizeof(struct efi_setup_data): 4 u64 + reserved[8]
+RNG_SEED_LENGTH = 32                          # the SETUP_RNG_SEED setup_data payload
+VMCOREINFO_NOTE_SIZE = 12 * 2 + 12 + 4096     # include/linux/crash_core.h (docs/SOURCES.md §8)
+# CONFIG_CRASH_HOTPLUG (6.6+) sizes the elfcorehdr segment for 2 + NR_CPUS_DEFAULT +
+# CRASH_MAX_MEMORY_RANGES program headers: 8192 with MAXSMP (Fedora/RHEL configs;
+# assumption for others) and the Kconfig default 8192.
+NR_CPUS_DEFAULT = 8192
+CRASH_MAX_MEMORY_RANGES = 8192
+LOW_1M = 1 * MiB                              # left out of kexec_file's ELF headers (5.8+)
 CMDLINE_2005 = "root=/dev/sda1 maxcpus=1 init 1"          # paper section 5, step 6
 CMDLINE_MODERN = "irqpoll nr_cpus=1 reset_devices"         # distro kdump defaults (Fedora kdump.sysconfig)
 
@@ -163,7 +185,7 @@ MEMORY_BANDWIDTH = "10GB/s"  # memory controller (assumption)
 
 # --- First-kernel structures the crash tools read (issue #8; x86_64, modern era).
 KERNEL_VERSION_MODERN = "6.1"            # the era's kernel when kernel.version is not given
-OSRELEASE_BY_VERSION = {"6.1": "6.1.0-kdumpsim", "4.18": "4.18.0-kdumpsim"}
+OSRELEASE_BY_VERSION = {"6.1": "6.1.0-kdumpsim", "6.6": "6.6.0-kdumpsim", "4.18": "4.18.0-kdumpsim"}
 # Uptime of the first kernel at the panic: printk timestamps count from boot (assumption).
 UPTIME_AT_PANIC = "600s"
 # SPARSEMEM on x86_64 (arch/x86/include/asm/sparsemem.h): 128 MiB sections,

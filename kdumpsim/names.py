@@ -47,12 +47,17 @@ def reserved_name(name: str) -> str | None:
 # ---------------------------------------------------------------- outcomes
 OUTCOMES = {
     "ok": "the dump was captured and every dumped page equals RAM at the panic",
-    "ok_dump_corrupted": "the dump was captured but DMA changed some dumped pages after the panic",
+    "ok_dump_corrupted": "the dump was captured but DMA changed some dumped pages after the panic, or wrote "
+                         "into the dump tool's buffers or the dump file's page cache while they held it",
     "cpu_state_missing": "the dump was captured without the registers of a CPU: it never answered the NMI, "
                          "or DMA overwrote its crash note",
     "vmcore_unavailable": "the capture kernel found the ELF core headers corrupt: /proc/vmcore has size 0",
     "capture_kernel_corrupted": "DMA changed the capture kernel, initrd or boot parameters after purgatory "
                                 "checked them (silent: the capture kernel cannot be trusted, no dump)",
+    "capture_kernel_crashed": "DMA wrote into memory the capture kernel was using (its image, early "
+                              "allocations, slab, the unpacked initramfs): it crashes or misbehaves, no dump",
+    "capture_oom": "the capture kernel ran out of memory in its reservation (too small for the kernel, "
+                   "the unpacked initramfs, its allocations and the dump tool), no dump",
     "purgatory_mismatch": "purgatory's sha256 check failed: the machine hangs in purgatory (detected, no dump)",
 }
 # A usable dump came out (possibly damaged); every other outcome is a failed capture.

@@ -36,7 +36,9 @@ def load_named(name: str, *overrides: str):
 
 SMALL_MODERN = ('memory.iomem=["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]',
                 "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1",
-                "cpus.panic_cpu=1", "kexec.crashkernel=128M")
+                "cpus.panic_cpu=1", "kexec.crashkernel=128M",
+                # a small kdump initramfs: the 28M default, unpacked, does not fit a 128M capture kernel (capture_oom)
+                "kexec.initrd_size=8M")
 
 
 @pytest.fixture

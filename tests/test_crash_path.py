@@ -32,7 +32,7 @@ def small_modern(*overrides: str):
     return model("modern-x86_64",
                  'memory.iomem=["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]',
                  "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1", "cpus.panic_cpu=1",
-                 "kexec.crashkernel=128M", *overrides)
+                 "kexec.crashkernel=128M", "kexec.initrd_size=8M", *overrides)
 
 
 def device(kind: str, start: str, lo: int, hi: int, mode: str = "range", **extra) -> str:
@@ -168,9 +168,16 @@ def test_report_lists_what_a_reader_needs() -> None:
     assert len(r["cpus"]) == 32 and {"id", "pid", "registers"} <= r["cpus"][0].keys()
     assert {"rip", "rsp", "eflags"} <= r["cpus"][0]["registers"].keys()
     assert r["reservation"]["end"] - r["reservation"]["start"] == 256 * MiB
-    starts = [s["start"] for s in r["segments"]]
-    assert starts == sorted(starts) and {"kernel", "initrd", "elfcorehdr", "backup"} <= {s["name"] for s in r["segments"]}
+    # kexec_file_load (the modern default): the segments in the kernel's load order,
+    # the elfcorehdr first at the reservation's start, no backup region
+    assert r["kexec_method"] == "kexec_file_load"
+    assert [s["name"] for s in r["segments"]] == ["elfcorehdr", "purgatory", "params", "kernel", "initrd"]
+    assert r["segments"][0]["start"] == r["reservation"]["start"] and r["backup"] is None
     assert r["ram"][0] == {"start": 0x1000, "end": 0x9fc00}
+    old = build_report(simulate(model("modern-x86_64", "kexec.method=kexec_load"), 1))
+    starts = [s["start"] for s in old["segments"]]
+    assert old["kexec_method"] == "kexec_load"
+    assert starts == sorted(starts) and {"kernel", "initrd", "elfcorehdr", "backup"} <= {s["name"] for s in old["segments"]}
 
 
 def test_automatic_placement_is_16m_aligned_top_down_below_4g() -> None:

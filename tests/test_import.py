@@ -42,6 +42,11 @@ def test_kernel_and_reservation_match_proc_iomem(tree: str) -> None:
     assert imp.kernel == (code[0][0], bss[0][1])
     crash = _iomem_lines(tree, "Crash kernel")
     assert imp.crash_kernel == (crash[0] if crash else None)
+    # the model's first kernel sits where /proc/iomem says (its Kernel lines, [start, end))
+    from kdumpsim.machine.layout import Machine as _Machine
+    lines = sorted((s, e + 1) for n in ("Kernel code", "Kernel rodata", "Kernel data", "Kernel bss")
+                   for s, e in _iomem_lines(tree, n))
+    assert _Machine(load_model_text(imp.yaml_text), 0).kernel_ranges == lines
     if crash:
         cfg = load_model_text(imp.yaml_text)
         from kdumpsim.kexec.load import kexec_load

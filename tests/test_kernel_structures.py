@@ -49,7 +49,7 @@ SMALL = ('memory.iomem=["00000000-00000fff : reserved", "00001000-0009fbff : Sys
          '"00100000-05ffffff : System RAM", "06000000-07ffffff : reserved", '
          '"08000000-0fffffff : System RAM", "10000000-fedfffff : PCI Bus", '
          '"100000000-103ffffff : System RAM"]', "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M",
-         "cpus.count=6", "cpus.panic_cpu=1",
+         "kexec.initrd_size=4M", "cpus.count=6", "cpus.panic_cpu=1",
          "cpus.unresponsive={3: hung}")
 
 
@@ -59,14 +59,17 @@ def _sim(*extra: str, seed: int = 1):
 
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory):
-    """{version: (run, vmcore path)} for 6.1 and 4.18."""
+    """{label: (run, vmcore path)} for 6.1 and 4.18, each loaded with
+    kexec_file_load (label: the version) and kexec_load ("<version>-kexec_load")."""
     out = {}
     base = tmp_path_factory.mktemp("kstructs")
     for version in ("6.1", "4.18"):
-        run = _sim(f"kernel.version={version}")
-        path = base / f"{version}.vmcore"
-        write_vmcore(run, path)
-        out[version] = (run, path)
+        for method in ("kexec_file_load", "kexec_load"):
+            label = version if method == "kexec_file_load" else f"{version}-kexec_load"
+            run = _sim(f"kernel.version={version}", f"kexec.method={method}")
+            path = base / f"{label}.vmcore"
+            write_vmcore(run, path)
+            out[label] = (run, path)
     return out
 
 
@@ -165,9 +168,10 @@ def test_makedumpfile_dump_dmesg_prints_the_runs_log(dumps, tmp_path) -> None:
         assert out.read_text().splitlines() == expected_dmesg(run.machine), version
 
 
-def test_crash_log_prints_the_old_format_log(dumps) -> None:
+@pytest.mark.parametrize("label", ["4.18", "4.18-kexec_load"])
+def test_crash_log_prints_the_old_format_log(dumps, label) -> None:
     crash = require_tool("crash")
-    run, path = dumps["4.18"]
+    run, path = dumps[label]
     p = subprocess.run([crash, "--log", str(path)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == expected_dmesg(run.machine)
@@ -225,7 +229,7 @@ def test_analyse_vmcore_says_analysable(dumps, tmp_path) -> None:
     for version, (run, path) in dumps.items():
         r = analyse_vmcore(path, tmp_path / version, run)
         assert r["analysable"] and r["log_matches"] and r["filter_matches"], r
-        assert r["crash_log"] is (True if version == "4.18" else None)
+        assert r["crash_log"] is (True if version.startswith("4.18") else None)
 
 
 def test_dma_on_page_tables_or_log_makes_the_dump_unanalysable(tmp_path) -> None:

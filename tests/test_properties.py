@@ -114,8 +114,13 @@ def models(draw) -> dict:
     raw["cpus"] = {"count": count, "sockets": draw(st.integers(1, min(2, count))), "panic_cpu": panic,
                    "unresponsive": unresponsive}
     raw.setdefault("kexec", {})["crashkernel"] = draw(st.sampled_from(CRASHKERNEL[(arch, era, design)]))
+    if arch == "x86_64":                          # the kernel's loader, or kexec-tools'
+        raw["kexec"]["method"] = draw(st.sampled_from(["kexec_file_load", "kexec_load"]))
+        if draw(st.booleans()):
+            raw.setdefault("kernel", {})["version"] = draw(st.sampled_from(["6.1", "6.6", "4.18"]))
     if draw(st.integers(0, 7)) == 0:
         raw["kexec"]["skip_checks"] = True          # kexec --skip-checks: no sha256 in purgatory
+        raw["kexec"]["method"] = "kexec_load"       # (kexec-tools' option: kexec_file_load always checks)
     ram = [line for line in raw["memory"]["iomem"] if line.endswith("System RAM")][-1]
     lo, hi = (int(x, 16) for x in ram.split(" ")[0].split("-"))
     buses = [b["name"] for b in raw["topology"]["buses"]]

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = str(ROOT / "models" / "modern-x86_64.yaml")
 SMALL = ["--set", 'memory.iomem=["00001000-0009fbff : System RAM", "00100000-3fffffff : System RAM"]',
          "--set", "memory.numa_nodes=1", "--set", "topology.buses.pcie1.numa_node=0",
-         "--set", "kexec.crashkernel=128M"]
+         "--set", "kexec.crashkernel=128M", "--set", "kexec.initrd_size=8M"]
 
 
 def kdumpsim(*args: str, limit_bytes: int | None = None, **kw) -> subprocess.Popen:

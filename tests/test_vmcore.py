@@ -70,14 +70,21 @@ class Case:
         return MODELS / f"{self.model}.yaml"
 
 
-MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M", "cpus.count=6", "cpus.panic_cpu=1",
+# A 4M initramfs: unpacked, with a 16M kernel, it fits the capture kernel in 64M (kdumpsim.crash.capturemem).
+MODERN = (MODERN_IOMEM, "kexec.crashkernel=64M", "kexec.capture_kernel_init_size=16M", "kexec.initrd_size=4M",
+          "cpus.count=6", "cpus.panic_cpu=1",
           "cpus.unresponsive={3: hung}")
+MODERN_2 = MODERN[:1] + ("kexec.crashkernel=64M@160M",) + MODERN[2:] + ("cpus.busy_share=1.0",)
+KEXEC_LOAD = ("kexec.method=kexec_load",)
 CASES = {
+    # kexec_file_load (the modern default): the kernel's headers, RAM from 1 MiB, no backup.
     # seed 1: crashkernel placed by the kernel (top of the low 4 GiB); idle CPUs share pid 0.
     "modern-1": Case("modern-x86_64", 1, MODERN),
     # seed 2: crashkernel=X@Y splits a RAM range; every CPU busy, so every pid differs.
-    "modern-2": Case("modern-x86_64", 2, MODERN[:1] + ("kexec.crashkernel=64M@160M",) + MODERN[2:]
-                     + ("cpus.busy_share=1.0",)),
+    "modern-2": Case("modern-x86_64", 2, MODERN_2),
+    # the same two with kexec_load: kexec-tools' headers and its backup region
+    "modern-load-1": Case("modern-x86_64", 1, MODERN + KEXEC_LOAD),
+    "modern-load-2": Case("modern-x86_64", 2, MODERN_2 + KEXEC_LOAD),
     "i386-2005-1": Case("paper-i386-2005", 1, (I386_IOMEM,)),
     "i386-2005-2": Case("paper-i386-2005", 2, (I386_IOMEM,)),
     "i386-2004-1": Case("paper-i386-2004", 1, (I386_IOMEM, "cpus.unresponsive={2: nmi_lost}")),
@@ -100,6 +107,10 @@ class Built:
     @property
     def modern(self) -> bool:
         return self.run.machine.era == "modern"
+
+    @property
+    def file_load(self) -> bool:
+        return self.run.image.method == "kexec_file_load"
 
     def saved_cpus(self) -> list[dict[str, Any]]:
         """Report entries of the CPUs whose note is in the dump, in note order."""
@@ -141,8 +152,10 @@ ALL = sorted(CASES)
 b = case_fixture(ALL)
 modern = case_fixture([k for k in ALL if CASES[k].model == "modern-x86_64"])
 old_era = case_fixture([k for k in ALL if CASES[k].model != "modern-x86_64"])
-# the dumps that leave the reservation out and have a backup PT_LOAD of their own (not 2004)
+# the dumps that leave the reservation out (not 2004)
 split = case_fixture([k for k in ALL if CASES[k].model != "paper-i386-2004"])
+# ... and have a backup PT_LOAD of their own (kexec_load)
+backed_up = case_fixture([k for k in ALL if CASES[k].model == "paper-i386-2005" or k.startswith("modern-load")])
 
 
 def run_tool(*argv: str | os.PathLike, allowed_stderr: str = "") -> str:
@@ -261,9 +274,10 @@ def ram_minus_reservation(b: Built) -> list[tuple[int, int]]:
 
 def test_modern_layout_is_the_kernels(modern: Built) -> None:
     """fs/proc/vmcore.c (modern): notes on the first page boundary; each PT_LOAD
-    page-aligned in the file plus its source's in-page offset; kexec-tools
-    (crashdump-x86.c): kernel text first, RAM without the reservation, backup
-    range at the low RAM start, RWE, p_align 0."""
+    page-aligned in the file plus its source's in-page offset; kernel text
+    first, RAM without the reservation, RWE, p_align 0. kexec_load
+    (kexec-tools, crashdump-x86.c): the low RAM range's data from the backup
+    copy; kexec_file_load (crash_prepare_elf64_headers): no backup, RAM from 1 MiB."""
     b = modern
     v, m = b.run.vmcore, b.run.machine
     note = v.phdrs[0]
@@ -271,13 +285,20 @@ def test_modern_layout_is_the_kernels(modern: Built) -> None:
     ks, ke = m.kernel_image
     text, *ram = loads(b)
     assert (text.p_paddr, text.p_memsz, text.p_vaddr) == (ks, ke - ks, D.START_KERNEL_MAP + ks)
-    assert [(p.p_paddr, p.p_paddr + p.p_memsz) for p in ram] == ram_minus_reservation(b)
+    want = ram_minus_reservation(b)
+    if b.file_load:
+        want = [(max(s, 0x100000), e) for s, e in want if e > 0x100000]
+    assert [(p.p_paddr, p.p_paddr + p.p_memsz) for p in ram] == want
     assert all(p.p_vaddr == D.PAGE_OFFSET[("x86_64", "modern")] + p.p_paddr for p in ram)
     r = m.reservation
     assert not any(p.p_paddr < r.end and r.start < p.p_paddr + p.p_memsz for p in loads(b))
     backup = b.report["backup"]
     low = ram[0]
-    assert (low.p_paddr, low.p_memsz) == (m.ram_ranges[0][0], backup["size"]) == (0x1000, 0x9EC00)
+    if b.file_load:
+        assert backup is None and low.p_paddr == 0x100000
+    else:
+        assert (low.p_paddr, low.p_memsz) == (m.ram_ranges[0][0], backup["size"]) == (0x1000, 0x9EC00)
+        assert chunk_for(b, low).paddr == backup["dest"]
     pos = PAGE + -(-len(v.notes) // PAGE) * PAGE
     for p, chunk in zip(loads(b), v.chunks):
         source = chunk.paddr + (p.p_offset - chunk.offset)        # where /proc/vmcore read it
@@ -285,7 +306,6 @@ def test_modern_layout_is_the_kernels(modern: Built) -> None:
         assert p.p_offset - p.p_offset % PAGE == pos
         pos += -(-(p.p_offset % PAGE + p.p_memsz) // PAGE) * PAGE
         assert p.p_flags == RWX and p.p_align == 0 and p.p_filesz == p.p_memsz
-    assert chunk_for(b, low).paddr == backup["dest"]
     assert pos == v.size == os.path.getsize(b.vmcore)
 
 
@@ -299,7 +319,6 @@ def layout_shape(rows: list[tuple]) -> dict[str, Any]:
     return {
         "note": (note[0], note[1], note[6].strip(), note[7]),                  # NOTE at 0x1000
         "kernel_text_first": lds[0][2] >= D.START_KERNEL_MAP,
-        "backup": (lds[1][3], lds[1][4]),                                         # paddr 0x1000, 0x9ec00
         "loads": {(kind, flg, align, off % PAGE == paddr % PAGE, filesz == memsz)
                   for kind, off, _v, paddr, filesz, memsz, flg, align in lds},   # LOAD, RWE, 0
         "ram_ascending": [r[3] for r in lds[1:]] == sorted(r[3] for r in lds[1:]),
@@ -307,11 +326,20 @@ def layout_shape(rows: list[tuple]) -> dict[str, Any]:
 
 
 def test_modern_layout_has_the_real_samples_shape(modern: Built) -> None:
+    """The real 6.1 sample is a kexec_load dump: the same shape, and its
+    backup PT_LOAD (paddr 0x1000, 0x9ec00 bytes) after the kernel text; a
+    kexec_file_load dump has none, its RAM starting at 1 MiB."""
     readelf = require_tool("readelf")
     real = readelf_rows(run_tool(readelf, "-l", "-W", REAL_SAMPLE))
     ours = readelf_rows(run_tool(readelf, "-l", "-W", modern.vmcore))
     assert len(real) == 5 and len(ours) >= 4
     assert layout_shape(ours) == layout_shape(real)
+    backup_row = (real[2][3], real[2][4])                                    # paddr 0x1000, 0x9ec00
+    assert backup_row == (0x1000, 0x9EC00)
+    if modern.file_load:
+        assert ours[2][3] == 0x100000 and all(r[3] >= 0x100000 for r in ours[2:])
+    else:
+        assert (ours[2][3], ours[2][4]) == backup_row
 
 
 def test_2005_layout(old_era: Built) -> None:
@@ -396,7 +424,7 @@ def test_gdb_threads_and_registers(b: Built) -> None:
             assert (regs[ip], regs[sp], regs["eflags"]) == (
                 c["registers"][ip], c["registers"][sp], c["registers"]["eflags"])
     distinct = len({c["pid"] for c in saved}) == len(saved)
-    assert distinct or b.case != CASES["modern-2"]      # modern-2: every CPU busy, pids differ
+    assert distinct or b.case not in (CASES["modern-2"], CASES["modern-load-2"])   # every CPU busy, pids differ
     if distinct:
         assert len(threads) == len(saved)               # one thread per saved CPU
 
@@ -520,9 +548,9 @@ def test_oldmem_and_vmcore_agree(b: Built) -> None:
                              f"oldmem {c.paddr + bad:#x}")
 
 
-def test_oldmem_holds_the_backup_source_as_it_was(split: Built) -> None:
+def test_oldmem_holds_the_backup_source_as_it_was(backed_up: Built) -> None:
     """Low memory itself (not its backup copy) is in /dev/oldmem at its own address."""
-    b = split
+    b = backed_up
     backup = b.report["backup"]
     with open(b.oldmem, "rb") as fh:
         fh.seek(backup["src"] + 0x1000)
@@ -546,10 +574,9 @@ def file_sha256(path: Path, ranges: list[tuple[int, int]] | None = None) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("model", ["paper-i386-2004", "modern-x86_64"])
-def test_same_seed_same_bytes_other_seed_other_bytes(built: dict[str, Built], model: str,
+@pytest.mark.parametrize("key1, key2", [("i386-2004-1", "i386-2004-2"), ("modern-1", "modern-2")])
+def test_same_seed_same_bytes_other_seed_other_bytes(built: dict[str, Built], key1: str, key2: str,
                                                      tmp_path: Path) -> None:
-    key1, key2 = [k for k, c in CASES.items() if c.model == model]
     first = built[key1]
     again = build(first.case, tmp_path / "again")
     assert dumps(again.report) == dumps(first.report)
@@ -588,7 +615,7 @@ def test_cli_run_then_inspect(tmp_path: Path) -> None:
 
 # -- the shipped models at full size: headers and notes only (sparse files) -----------
 
-@pytest.mark.parametrize("model", ["modern-x86_64", "paper-i386-2005", "paper-i386-2004"])
+@pytest.mark.parametrize("model", ["modern-x86_64", "rhel8-x86_64", "paper-i386-2005", "paper-i386-2004"])
 def test_shipped_model_headers_at_full_size(model: str, tmp_path: Path) -> None:
     """The unmodified model (8 GiB and 32 CPUs for modern-x86_64): the real header
     and notes, the PT_LOAD data left as a hole, so the tools see the real layout."""
@@ -609,3 +636,61 @@ def test_shipped_model_headers_at_full_size(model: str, tmp_path: Path) -> None:
         assert len(segs) == len(v.phdrs)
     pid0 = sum(c["pid"] == 0 for c in saved)
     assert gdb_threads(require_tool("gdb"), path, run.machine.arch, pid0) == gdb_expected(saved)
+
+
+# -- the real 6.1 guest, loaded both ways ---------------------------------------------
+
+REAL_DMESG = Path(__file__).resolve().parent / "data" / "real-6.1-kexec_file-dmesg.txt"   # shared/reference copy
+
+
+def real_guest_overrides(crashkernel: str) -> list[str]:
+    """The real guest as a model: its firmware memory map after the kernel's
+    fix-ups ("e820: update [mem 0x00000000-0x00000fff] usable ==> reserved"),
+    its possible and hotplug CPUs ("smpboot: Allowing N CPUs, M hotplug CPUs")."""
+    text = REAL_DMESG.read_text()
+    e820 = re.findall(r"BIOS-e820: \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (\w+)", text)
+    iomem = []
+    for lo, hi, kind in e820:
+        lo_, hi_ = int(lo, 16), int(hi, 16)
+        if kind == "usable" and lo_ == 0 and "update [mem 0x00000000-0x00000fff] usable ==> reserved" in text:
+            iomem.append("00000000-00000fff : reserved")
+            lo_ = 0x1000
+        iomem.append(f"{lo_:08x}-{hi_:08x} : " + ("System RAM" if kind == "usable" else "reserved"))
+    allowing = re.search(r"smpboot: Allowing (\d+) CPUs, (\d+) hotplug CPUs", text)
+    cpus, hotplug = int(allowing.group(1)), int(allowing.group(2))
+    return ["memory.iomem=" + json.dumps(iomem), "memory.numa_nodes=1", "topology.buses.1.numa_node=0",
+            f"cpus.count={cpus - hotplug}", f"cpus.possible={cpus}", "cpus.sockets=1", "cpus.panic_cpu=0", "devices=[]",
+            f"kexec.crashkernel={crashkernel}"]
+
+
+@pytest.mark.parametrize("method", ["kexec_file_load", "kexec_load"])
+def test_the_real_guest_gives_the_real_dumps_structure(method: str, tmp_path: Path) -> None:
+    """The real 6.1 sample (kexec_load, its reservation at 0x1e000000) and the
+    same guest's kexec_file_load boot (dmesg: "Reserving 256MB of memory at
+    752MB"): our dump of that guest has the sample's RAM PT_LOADs, without the
+    backup one for kexec_file_load, and one NT_PRSTATUS per possible CPU; readelf
+    reads it silently."""
+    readelf = require_tool("readelf")
+    real = readelf_rows(run_tool(readelf, "-l", "-W", REAL_SAMPLE))
+    real_ram = [(r[3], r[4]) for r in real[2:]]            # after NOTE and kernel text
+    assert real_ram[0] == (0x1000, 0x9EC00)               # the backup row: kexec_load only
+    cfg = load_model(MODELS / "modern-x86_64.yaml", real_guest_overrides("256M@0x1e000000")
+                     + [f"kexec.method={method}"])
+    run = simulate(cfg, 1)
+    path = tmp_path / "vmcore"
+    write_vmcore(run, path)
+    ours = readelf_rows(run_tool(readelf, "-l", "-W", path))
+    assert layout_shape(ours) == layout_shape(real)
+    want = real_ram[1:] if method == "kexec_file_load" else real_ram
+    assert [(r[3], r[4]) for r in ours[2:]] == want
+    notes = run_tool(readelf, "-n", path)
+    assert notes.count("NT_PRSTATUS") == cfg.cpus.count == 2 and notes.count("VMCOREINFO") == 1
+    # the kexec_file_load boot's own reservation: RAM from 1 MiB around it
+    at = re.search(r"Reserving (\d+)MB of memory at (\d+)MB", REAL_DMESG.read_text())
+    size, base = int(at.group(1)) << 20, int(at.group(2)) << 20
+    cfg = load_model(MODELS / "modern-x86_64.yaml", real_guest_overrides(f"{size >> 20}M@{base:#x}")
+                     + [f"kexec.method={method}"])
+    run = simulate(cfg, 1)
+    ram = [(p.p_paddr, p.p_paddr + p.p_memsz) for p in run.vmcore.phdrs[2:]]
+    tail = [(0x100000, base), (base + size, 0x3FFDD000)]
+    assert ram == (tail if method == "kexec_file_load" else [(0x1000, 0x9FC00)] + tail)

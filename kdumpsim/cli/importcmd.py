@@ -9,6 +9,7 @@ from typing import Any
 EPILOG = """examples:
   sudo kdumpsim import -o my-host.yaml          # this machine (root: /proc/iomem shows addresses only to root)
   kdumpsim import --root saved-tree -o other.yaml   # a machine you are not on: its proc/ and sys/ copied under DIR
+  kdumpsim import --kdump-log capture-console.txt -o my-host.yaml   # capture timing from a capture kernel's log
   kdumpsim validate my-host.yaml && kdumpsim run my-host.yaml --fail-on failed
 
 Every imported value carries a comment naming the file it came from; PCI
@@ -29,6 +30,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--name", help="model name (default: the machine's hostname)")
     sp.add_argument("--arch", choices=("x86_64", "i386"), default="x86_64",
                     help="architecture (not read from the tree; default x86_64)")
+    sp.add_argument("--kdump-log", metavar="FILE",
+                    help="a capture kernel's console or dmesg: sets the capture timing (boot, vmcore and IOMMU "
+                         "init, each device's driver probe)")
     sp.add_argument("--quiet", action="store_true", help="no report on stderr")
     sp.set_defaults(func=cmd_import)
 
@@ -40,7 +44,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from kdumpsim.importer.host import check, import_tree
     if not Path(args.root).is_dir():
         raise UsageError(f"--root {args.root}: not a directory (expected one holding proc/ and sys/)")
-    imported = import_tree(args.root, name=args.name, arch=args.arch)
+    imported = import_tree(args.root, name=args.name, arch=args.arch, kdump_log=args.kdump_log)
     if args.output:
         from kdumpsim.atomic import write_text
         write_text(args.output, imported.yaml_text)
@@ -51,13 +55,18 @@ def cmd_import(args: argparse.Namespace) -> int:
         err = sys.stderr
         k, c = imported.kernel, imported.crash_kernel
         where = f"{k[0]:#x}-{k[1]:#x} (/proc/iomem Kernel code .. Kernel bss)" if k else "not in /proc/iomem"
-        print(f"kernel       {where}; the model places it at its default (the schema has no field for "
-              "another place)", file=err)
+        print(f"kernel       {where} -> kernel.image", file=err)
         reserved = (f"{c[0]:#x}-{c[1]:#x} ({(c[1] - c[0] + 1) >> 20} MiB, /proc/iomem Crash kernel)" if c
                     else "none on this machine")
         print(f"reservation  {reserved} -> crashkernel={imported.raw['kexec']['crashkernel']}", file=err)
         print(f"devices      {len(imported.raw['devices'])} imported, {len(imported.unclassified)} unclassified "
               "(listed as comments)", file=err)
+        if "timing" in imported.raw:
+            print("timing       " + ", ".join(f"{k} {v}" for k, v in imported.raw["timing"].items())
+                  + f" (from {args.kdump_log})", file=err)
+            for n in imported.notes:
+                if n.startswith(str(args.kdump_log)):
+                    print(f"  note: {n}", file=err)
         for u in imported.unclassified:
             print(f"  unclassified {u}", file=err)
         if args.output:

@@ -27,6 +27,7 @@ from kdumpsim.cli import recommend as cli_recommend
 from kdumpsim.cli import timeline as cli_timeline
 from kdumpsim.errors import ConfigError, KdumpsimError, LayoutError, printable
 from kdumpsim.names import OUTCOMES
+from kdumpsim.units import MiB
 
 EPILOG_RUN = """examples:
   kdumpsim run models/paper-i386-2005.yaml
@@ -245,11 +246,11 @@ def _inspect_args(a: argparse.ArgumentParser) -> None:
 def load(model: str, overrides: list[str]):
     """Load and lay out a model; layout errors name the model file."""
     from kdumpsim.config.model import load_model
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(model, overrides)
     try:
-        kexec_load(Machine(cfg, 0))     # the reservation and the segments in it
+        load_capture_kernel(Machine(cfg, 0))     # the reservation and the segments in it
     except LayoutError as e:
         raise ConfigError(model, e.field, str(e)) from None
     return cfg
@@ -312,7 +313,10 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     m = run.metrics
     lines = [f"model      {run.machine.cfg.name} (seed {run.seed})",
              f"outcome    {run.outcome}: {outcomes[run.outcome]}",
+             f"timing     profile {run.timing.profile}"
+             + (" (measured in the QEMU TCG lab)" if run.timing.profile == "qemu-tcg" else " (assumed times)"),
              f"reserved   {run.machine.describe_reservation()}  crashkernel={run.machine.reservation.spec}",
+             f"kexec      {run.image.method}: {_segment_list(run.image)}",
              f"cmdline    {run.image.cmdline}",
              f"cpus       {m['cpus_saved']}/{len(run.cpus)} notes saved"
              + (", missing: " + ", ".join(f"CPU {c} ({why.replace('_', ' ')})" for c, why in m["cpus_missing_why"].items())
@@ -332,6 +336,11 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
     for region, r in changed_regions:
         who = ", ".join(f"{w} wrote {v['bytes']} B" for w, v in r["writers"].items())
         lines.append(f"changed    {region}: {r['bytes']} bytes changed in {r['pages']} pages ({who})")
+    if run.capture_mem is not None:
+        mem = run.capture_mem
+        hits = ", ".join(f"{k} {n} B" for k, n in sorted(mem.hits.items())) or "nothing in use"
+        lines.append(f"capture    kernel at {mem.kernel_at:#x} (KASLR), needs crashkernel>={mem.need.minimum >> 20}M"
+                     + (f"; out of memory: {mem.oom}" if mem.oom else "") + f"; DMA hit {hits}")
     for name, d in m["dma"].items():
         stop = f"stopped at {d['stopped_ns'] / 1e9:.6f} s ({d['stop_reason']})" if d["stopped_ns"] is not None \
             else "never stopped"
@@ -339,6 +348,11 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
                      f"{d['faults']} faults, {d['to_nowhere']} to no RAM; {stop}")
     lines += [f"assumes    {a}" for a in assumptions(run)]
     return "\n".join(lines)
+
+
+def _segment_list(image) -> str:
+    """'elfcorehdr@0x6f000000 (hashed), purgatory@...': the segments in load order."""
+    return ", ".join(f"{s.name}@{s.start:#x}" + ("" if s.hashed else " (not hashed)") for s in image.segments)
 
 
 def _fidelity_text(f: float) -> str:
@@ -350,20 +364,46 @@ def _fidelity_text(f: float) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.config.model import load_model
+    from kdumpsim.crash.capturemem import capture_need, planned_segments
+    from kdumpsim.kexec import load_capture_kernel
+    from kdumpsim.machine.crashkernel import parse_crashkernel
     from kdumpsim.machine.layout import Machine
-    cfg = load(args.model, args.overrides)
-    m = Machine(cfg, 0)
-    image = kexec_load(m)
+    cfg = load_model(args.model, args.overrides)
+    collector = getattr(getattr(cfg, "capture", None), "collector", "dd")
+    modern = cfg.arch == "x86_64" and cfg.era == "modern" and cfg.design != "2004"
+    try:
+        m = Machine(cfg, 0)
+        image = load_capture_kernel(m)
+    except LayoutError as e:
+        msg = str(e)
+        ram = sum(b + 1 - a for a, b in ((r.start, r.end) for r in cfg.memory.iomem if r.type == "System RAM"))
+        try:
+            size = parse_crashkernel(cfg.kexec.crashkernel, ram)[0]
+        except LayoutError:
+            size = 0                 # unparseable: the error says so
+        if modern and size and e.field == "kexec.crashkernel":    # the one error line also says how much it takes
+            short = capture_need(planned_segments(cfg), [(0, size)], ram, collector)
+            msg += f"; the capture kernel needs at least crashkernel={short.minimum // MiB}M to run (validate " \
+                   "with a larger one shows the breakdown)"
+        raise ConfigError(args.model, e.field, msg) from None
+    reserved = sum(e - s for s, e in m.reservation.spans)
     print(f"{args.model}: ok ({cfg.name}: {cfg.arch}, {cfg.cpus.count} CPUs, "
-          f"{m.ram_total / 2**30:.2f} GiB RAM, era {cfg.era}, design {cfg.design})")
+          f"{m.ram_total / 2**30:.2f} GiB RAM, era {cfg.era}, design {cfg.design}, {image.method})")
     print(f"reservation {m.describe_reservation()}")
     for s in image.segments:
         print(f"  {s.name:<11} {s.start:#014x}-{s.end - 1:#014x}  {s.memsz:>10} bytes")
     need = sum(s.memsz for s in image.segments)
     parts = ", ".join(f"{s.name} {s.memsz / 2**20:.1f}M" for s in sorted(image.segments, key=lambda s: -s.memsz))
-    print(f"needs      at least {need / 2**20:.1f}M for the segments ({parts}); the capture kernel's own "
-          "memory at run time (unpacked initramfs, slab, the dump tool) is not counted yet")
+    print(f"needs      at least {need / 2**20:.1f}M for the segments ({parts})"
+          + ("" if modern else "; the capture kernel's own memory at run time is modelled for modern x86_64 only"))
+    if modern:
+        cneed = capture_need({s.name: s.memsz for s in image.segments}, m.reservation.spans, m.ram_total, collector)
+        for line in cneed.describe(reserved):
+            print(line)
+    print(f"timing profile {cfg.timing.profile}" + (" (assumptions within the published 4.6-6.5 s capture-service "
+                                                     "start)" if cfg.timing.profile == "server" else
+                                                     " (measured in the QEMU TCG lab)"))
     print(f"cmdline {image.cmdline}")
     return 0
 

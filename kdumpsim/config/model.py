@@ -167,6 +167,9 @@ class CpuSpec(Strict):
     unresponsive: Annotated[dict[Int, Literal["hung", "nmi_lost"]],
                             BeforeValidator(_distinct_cpu_keys)] = Field(default_factory=dict)
     busy_share: Float = Field(default=0.5, ge=0, le=1, description="share of CPUs running a task (pid>0) at the crash")
+    # Possible CPUs, hotplug slots included ("smpboot: Allowing N CPUs, M hotplug CPUs"):
+    # each has a per-cpu crash note buffer that stays zero. None: count (no hotplug slots).
+    possible: Int | None = Field(default=None, ge=1, le=8192)
 
 
 class MemorySpec(Strict):
@@ -395,6 +398,11 @@ class KexecSpec(Strict):
     elf_core_headers: Literal["elf64", "elf32"] = "elf64"
     skip_checks: bool = False            # kexec --skip-checks: purgatory does not verify
     backup: bool = True                  # kexec-tools' backup region (kexec_load path)
+    # How kexec -p loads the capture kernel (docs/SOURCES.md §12): kexec_load (kexec-tools
+    # lays out the segments and builds the ELF core headers) or kexec_file_load (`kexec -s`:
+    # the kernel does both, with its own purgatory). None: kexec_file_load for modern x86_64
+    # (kexec-tools 2.0.27's default, RHEL 8/9 and Fedora's KEXEC_ARGS="-s"), else kexec_load.
+    method: Literal["kexec_load", "kexec_file_load"] | None = None
     # crashkernel=SIZE,cma (Linux 6.17): an extra area the first kernel uses for
     # movable pages and the capture kernel gets as RAM, left out of the dump.
     crashkernel_cma: Size | None = None
@@ -413,7 +421,9 @@ class KernelSpec(Strict):
     # The first kernel's version (issue #8): its log buffer format (the lockless
     # `prb` ring from 5.10 on, `printk_log` records before) and its VMCOREINFO
     # set. None: the era's kernel (modern: 6.1, 2005: 2.6.13).
-    version: Annotated[Literal["6.1", "4.18"], BeforeValidator(_version_text)] | None = None
+    # 6.6: crash hotplug (CONFIG_CRASH_HOTPLUG, default y) leaves kexec_file's elfcorehdr out
+    # of purgatory's digest; its first-kernel structures are simulated as 6.1's (assumption).
+    version: Annotated[Literal["6.1", "6.6", "4.18"], BeforeValidator(_version_text)] | None = None
     # Where the first kernel's image is: its [start, end) ranges as /proc/iomem lists
     # them ("Kernel code", "Kernel rodata", ...; the gaps between are free memory).
     # None: the arch's load address (x86_64: 16 MiB) and an assumed size.
@@ -434,7 +444,40 @@ class KernelSpec(Strict):
         return self
 
 
+# Named timing profiles (docs/SOURCES.md §13): `server` is the defaults below (published
+# Fedora/FCOS boot logs for the capture service's start, the split inside it assumed);
+# `qemu-tcg` is measured in the lab (kdumpsim/lab/data/qemu-tcg-profile.yaml, medians).
+TIMING_PROFILES = ("server", "qemu-tcg")
+LAB_PROFILE = Path(__file__).resolve().parent.parent / "lab" / "data" / "qemu-tcg-profile.yaml"
+# The lab capture kernel's log (e1000-nodriver-10pps, 2026-11-30): "Trying to unpack
+# rootfs image as initramfs..." (rootfs_initcall, after fs_initcall vmcore_init) at
+# 1.2516 s, "Freeing initrd memory: 1724K" at 1.3926 s for a 1763109-byte initrd.
+LAB_ROOTFS_INITCALL = 1.2516
+LAB_UNPACK_RATE = 1763109 / (1.392574 - 1.251590)
+
+
+def timing_profile(name: str) -> dict[str, Any]:
+    """The timing fields a named profile sets (explicit fields override them)."""
+    if name == "server":
+        return {}
+    data = yaml.safe_load(LAB_PROFILE.read_text())["values"]
+    v = {k: float(e["value"]) for k, e in data.items()}
+    boot = v["capture_boot"]
+    return {
+        # panic -> the capture kernel's first line, lumped (TCG: purgatory, decompression, early boot)
+        "machine_kexec": f"{round(v['capture_kernel_start'] * 1e6)}us",
+        "capture_boot": f"{round(boot * 1e6)}us",
+        "vmcore_init": f"{round(min(boot, LAB_ROOTFS_INITCALL) * 1e6)}us",
+        "iommu_init": f"{round(min(boot, LAB_ROOTFS_INITCALL) * 1e6)}us",
+        "driver_init": f"{round(min(boot, v['disk_driver_probe']) * 1e6)}us",
+        "dump_start_delay": f"{round(v['dump_start_delay'] * 1e6)}us",
+        "dump_throughput": f"{v['dump_throughput']}MB/s",
+        "initramfs_unpack_rate": round(LAB_UNPACK_RATE),
+    }
+
+
 class TimingSpec(Strict):
+    profile: Literal["server", "qemu-tcg"] = "server"
     crash_save_cpu: Duration = parse_duration(D.CRASH_SAVE_CPU)
     lapic_shutdown: Duration = parse_duration(D.LAPIC_SHUTDOWN)
     ioapic_disable: Duration = parse_duration(D.IOAPIC_DISABLE)
@@ -453,6 +496,15 @@ class TimingSpec(Strict):
     vmcore_init: Duration = parse_duration(D.VMCORE_INIT_AT)
     dump_start_delay: Duration = parse_duration(D.DUMP_START_DELAY)
     dump_throughput: Rate | None = None
+    initramfs_unpack_rate: Rate = parse_rate(D.INITRAMFS_UNPACK_RATE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile(cls, data: Any) -> Any:
+        """A named profile's values under the fields the model gives itself."""
+        if isinstance(data, dict) and data.get("profile") in TIMING_PROFILES:
+            return {**timing_profile(data["profile"]), **data}
+        return data
 
     @model_validator(mode="after")
     def _order(self) -> TimingSpec:
@@ -497,6 +549,8 @@ def _fill_era_defaults(m: ModelConfig) -> None:
         k.initrd_size = D.INITRD_SIZE_MODERN if modern else D.INITRD_SIZE_2005
     if k.append is None:
         k.append = D.CMDLINE_MODERN if modern else D.CMDLINE_2005
+    if k.method is None:
+        k.method = "kexec_file_load" if modern and m.arch == "x86_64" and m.design == "2005" else "kexec_load"
     if t.sha256_rate is None:
         t.sha256_rate = parse_rate(D.PURGATORY_SHA256_RATE_MODERN if modern else D.PURGATORY_SHA256_RATE_2005)
     if t.dump_throughput is None:
@@ -535,6 +589,9 @@ def _check_consistency(m: ModelConfig) -> None:
         if cpu == c.panic_cpu:
             raise _FieldError(f"cpus.unresponsive.{cpu}", f"CPU {cpu} is the panicking CPU (cpus.panic_cpu), "
                                                           "which cannot be unresponsive; pick another CPU")
+    if c.possible is not None and c.possible < c.count:
+        raise _FieldError("cpus.possible", f"{c.possible} possible CPUs for {c.count} present ones: possible "
+                                           "counts every CPU, hotplug slots included, so it must be at least count")
     if c.sockets > c.count:
         raise _FieldError("cpus.sockets", f"{c.sockets} sockets for {c.count} CPUs: every socket needs a CPU, "
                                           f"so sockets must be at most {c.count}")
@@ -584,6 +641,13 @@ def _check_consistency(m: ModelConfig) -> None:
         if given:
             raise _FieldError(f"kexec.{given[0]}", "give either capture_kernel_image or the sizes, not both: "
                                                    "the image's setup header says both")
+    if k.method == "kexec_file_load":
+        if m.arch != "x86_64" or m.era != "modern" or m.design != "2005":
+            raise _FieldError("kexec.method", "kexec_file_load exists on x86_64 since Linux 3.17 (KEXEC_FILE "
+                                              "depends on X86_64): use it with arch: x86_64, era: modern")
+        if k.skip_checks:
+            raise _FieldError("kexec.skip_checks", "the kernel's purgatory always verifies its digest on the "
+                                                   "kexec_file_load path; skip_checks is kexec-tools' (kexec_load)")
     if k.elf_core_headers == "elf32" and m.arch == "x86_64":
         raise _FieldError("kexec.elf_core_headers", "elf32 core headers are for i386 only; use elf64 on x86_64")
     if k.elf_core_headers == "elf32" and m.memory.iomem[-1].end >= 1 << 32:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
+from kdumpsim.crash.capturemem import CaptureMemory
 from kdumpsim.crash.dma import wait_until
 from kdumpsim.crash.integrity import changed_segments
 from kdumpsim.crash.procvmcore import VmcoreInitError, layout_2004, vmcore_init
@@ -44,12 +45,15 @@ def capture_kernel(run: CrashRun) -> Generator:
     env, t = run.env, run.timing
     jump = env.now
     run.mark("capture_boot_start", CAPTURE, cmdline=run.image.cmdline)
+    mem = run.capture_mem = _capture_memory(run, jump)
+    if mem is not None:
+        env.process(mem.boot())
     env.process(_iommu_init(run, jump + t.iommu_init))
     env.process(_driver_probes(run, jump))
     yield env.timeout(t.vmcore_init)
     run.vmcore = _vmcore_init(run)
     yield env.timeout(jump + t.capture_boot - env.now)
-    run.capture_corrupted = changed_segments(run, ("kernel", "initrd", "params"), env.now)
+    run.capture_corrupted = _segments_changed_before_use(run, mem)
     if run.capture_corrupted:
         # A capture kernel whose text, initrd or parameters changed under it
         # cannot be trusted to do anything; we count it as producing no dump.
@@ -59,6 +63,8 @@ def capture_kernel(run: CrashRun) -> Generator:
     if run.vmcore is None:
         return
     yield env.timeout(t.dump_start_delay)
+    if run.capture_stopped or (mem is not None and not mem.dump_start(run.vmcore.size)):
+        return
     copy = VmcoreCopy(run.vmcore, env.now, t.dump_throughput)
     run.copy = copy
     run.mark("dump_start", CAPTURE, bytes=run.vmcore.size)
@@ -67,6 +73,30 @@ def capture_kernel(run: CrashRun) -> Generator:
         run.trace(env.now, CAPTURE, "dump_copy_segment", paddr=chunk.paddr, bytes=chunk.size)
     yield env.timeout(max(0, copy.end - env.now))
     run.mark("dump_end", CAPTURE, bytes=run.vmcore.size)
+    if mem is not None:
+        mem.dump_end()
+
+
+def _capture_memory(run: CrashRun, jump: int) -> CaptureMemory | None:
+    """The capture kernel's memory over time (kdumpsim.crash.capturemem): modelled
+    for the modern x86_64 kernel, whose sizes it uses."""
+    cfg = run.machine.cfg
+    if cfg.arch != "x86_64" or cfg.era != "modern" or cfg.design == "2004":
+        return None
+    collector = getattr(getattr(cfg, "capture", None), "collector", "dd")
+    return CaptureMemory(run, jump, collector)
+
+
+def _segments_changed_before_use(run: CrashRun, mem: CaptureMemory | None) -> dict[str, int]:
+    """Bytes of the kernel, initrd and parameter segments that DMA changed before
+    the capture kernel consumed them (docs/SOURCES.md §13: the kernel and the
+    parameters at decompression, the initrd when populate_rootfs unpacked it);
+    without a memory model, up to now."""
+    out: dict[str, int] = {}
+    for name in ("kernel", "initrd", "params"):
+        at = run.env.now if mem is None else min(run.env.now, mem.consumed_at(name))
+        out.update(changed_segments(run, (name,), at))
+    return out
 
 
 def _iommu_init(run: CrashRun, at: int) -> Generator:

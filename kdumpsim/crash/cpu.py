@@ -108,7 +108,7 @@ def _regs_i386(run: CrashRun, rng: random.Random, panicking: bool, busy: bool) -
 def crash_notes_memory_init(m: Machine, time: int) -> None:
     """At boot the note buffers are zeroed (static .bss array in 2005, a zeroed
     per-cpu allocation today): a CPU that never saves leaves an empty note."""
-    for addr in m.crash_notes:
+    for addr in m.crash_notes + m.hotplug_notes:      # every possible CPU's (alloc_percpu zeroes)
         m.memory.write(addr, bytes(m.crash_note_size), time, "kernel")
 
 

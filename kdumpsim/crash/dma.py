@@ -218,6 +218,8 @@ class DmaEngine:
             run.trace(run.env.now, self.name, "dma_to_nowhere", addr=addr, bytes=len(data))
             return
         m.memory.write(addr, data, run.env.now, self.name)
+        if run.capture_mem is not None:      # what the capture kernel uses that page for now
+            run.capture_mem.on_dma(addr, len(data), run.env.now, self.name)
         self.writes += 1
         self.bytes_written += len(data)
         hits = run.regions_of(addr, len(data))

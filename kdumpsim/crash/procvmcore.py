@@ -1,6 +1,8 @@
 """/proc/vmcore in the capture kernel (paper 4.5; fs/proc/vmcore.c).
 
-vmcore_init reads the ELF core headers at `elfcorehdr=` from old memory,
+vmcore_init reads the ELF core headers at `elfcorehdr=` from old memory
+(kexec-tools' on the kexec_load path, the kernel's crash_prepare_elf64_headers
+on kexec_file_load: no backup PT_LOAD, RAM from 1 MiB; docs/SOURCES.md §12),
 sanity-checks them (bad headers: no /proc/vmcore), merges every PT_NOTE into
 one (empty note buffers are dropped), and lays the file out:
 - 2005 (2.6.13): notes right after the program headers, each PT_LOAD's data

@@ -25,7 +25,8 @@ from kdumpsim.crash.dma import DmaEngine
 from kdumpsim.crash.purgatory import purgatory, relocate_2004
 from kdumpsim.firstkernel import printk, vmcoreinfo
 from kdumpsim.formats.vmcorefile import VmcoreLayout
-from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage, kexec_load
+from kdumpsim.kexec import load_capture_kernel
+from kdumpsim.kexec.load import KEXEC_LOAD_TIME, KexecImage
 from kdumpsim.machine.layout import Machine
 from kdumpsim.names import CMA, FIRST_KERNEL_RAM, KEXEC, PHASES, PURGATORY, RESERVATION_FREE
 from kdumpsim.trace.events import Trace
@@ -48,6 +49,10 @@ class CrashRun:
     vmcore_error: str | None = None
     copy: Any = None                               # capture.VmcoreCopy once the dump copy starts
     capture_corrupted: dict[str, int] = field(default_factory=dict)
+    capture_mem: Any = None                        # capturemem.CaptureMemory once the capture kernel runs
+    capture_crashed: str | None = None             # what DMA hit that crashed the capture kernel
+    capture_stopped: str | None = None             # capture_kernel_crashed | capture_oom
+    path: simpy.Process | None = None              # the crash path's process (stopped by stop_capture)
     outcome: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     _regions: list[tuple[int, int, str]] = field(default_factory=list)
@@ -58,6 +63,14 @@ class CrashRun:
         return self.machine.cfg.timing
 
     device_names: set[str] = field(default_factory=set)
+
+    def stop_capture(self, why: str) -> None:
+        """The capture kernel stops now (crashed, or out of memory): the crash path ends."""
+        if self.capture_stopped is not None:
+            return
+        self.capture_stopped = why
+        if self.path is not None and self.path.is_alive and self.env.active_process is not self.path:
+            self.path.interrupt(why)
 
     def mark(self, phase: str, actor: str, **details: Any) -> None:
         """A phase of the crash path reached now: one name (names.PHASES) in
@@ -112,7 +125,8 @@ class CrashRun:
 
     def _index_regions(self) -> None:
         regions = [(s.start, s.end, s.name) for s in self.image.segments]
-        regions += [(a, a + self.machine.crash_note_size, "crash_notes") for a in self.machine.crash_notes]
+        regions += [(a, a + self.machine.crash_note_size, "crash_notes")
+                    for a in self.machine.crash_notes + self.machine.hotplug_notes]
         if self.machine.vmcoreinfo_addr is not None:
             regions.append((self.machine.vmcoreinfo_addr, self.machine.vmcoreinfo_addr + 4096, "vmcoreinfo"))
         if self.machine.kernel_structs is not None:     # page tables, mem_map, log buffer, ... (issue #8)
@@ -128,15 +142,16 @@ def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment]
     env = env_type(initial_time=KEXEC_LOAD_TIME)
     run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
     boot(run.machine, env.now)
-    run.image = kexec_load(run.machine)
+    run.image = load_capture_kernel(run.machine)
     run.trace(env.now, KEXEC, "kexec_load", reservation=[run.machine.reservation.start, run.machine.reservation.end],
-              segments=len(run.image.segments), cmdline=run.image.cmdline)
+              segments=len(run.image.segments), cmdline=run.image.cmdline, method=run.image.method)
     run._index_regions()
     run.cpus = make_cpus(run)
     run.engines = make_engines(run)
     for eng in run.engines:
         eng.start()
-    env.run(until=env.process(crash_path(run)))
+    run.path = env.process(crash_path(run))
+    env.run(until=run.path)
     return run
 
 
@@ -160,4 +175,7 @@ def crash_path(run: CrashRun) -> Generator:
     if not reached_kernel:
         run.mark("hang", PURGATORY)
         return
-    yield from capture_kernel(run)
+    try:
+        yield from capture_kernel(run)
+    except simpy.Interrupt:
+        pass          # the capture kernel crashed or ran out of memory: stop_capture traced why

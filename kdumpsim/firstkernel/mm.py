@@ -81,6 +81,7 @@ PG = {   # include/linux/page-flags.h enum pageflags (x86_64: PG_uncached presen
     "4.18": {"referenced": 2, "uptodate": 3, "lru": 5, "active": 6, "slab": 8, "swapcache": 9,
              "reserved": 11, "private": 12, "head": 15, "swapbacked": 18, "hwpoison": 22},
 }
+PG["6.6"] = PG["6.1"]    # 6.6's structures are simulated as 6.1's (assumption, docs/SOURCES.md §12)
 
 # Page classes: what the first kernel uses each page for.
 FREE, CACHE, CACHE_PRIVATE, USER, ZERO, KERNEL, RESERVED = range(7)

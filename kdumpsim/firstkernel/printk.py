@@ -141,7 +141,7 @@ _E820 = {"System RAM": "usable", "ACPI Tables": "ACPI data", "ACPI Non-volatile 
 
 def _boot_records(m: Machine) -> list[Record]:
     k, cfg = m.kernel_structs, m.cfg
-    rel, six = k.osrelease, k.version == "6.1"
+    rel, six = k.osrelease, k.version != "4.18"
     cmdline = f"BOOT_IMAGE=/vmlinuz-{rel} root=/dev/sda2 ro crashkernel={cfg.kexec.crashkernel}"
     ms = lambda x: int(x * 1_000_000)         # noqa: E731
     nodes = cfg.memory.numa_nodes
@@ -188,7 +188,7 @@ def crash_log(m: Machine, time: int, panic_cpu: CpuLike) -> None:
     """panic()'s lines: the banner and (a short) stack, as the panicking CPU logs them."""
     k = m.kernel_structs
     me = panic_cpu
-    six = k is None or k.version == "6.1"
+    six = k is None or k.version != "4.18"
     lines = [(KERN_INFO, "sysrq: Trigger a crash" if six else "sysrq: SysRq : Trigger a crash"),
              (KERN_EMERG, "Kernel panic - not syncing: sysrq triggered crash"),
              (KERN_WARNING, f"CPU: {me.id} PID: {me.pid} Comm: bash Kdump: loaded Not tainted "

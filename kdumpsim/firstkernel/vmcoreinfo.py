@@ -146,7 +146,7 @@ def _lines_x86_64(m: Machine) -> list[str]:
     the kallsyms_* symbols the sample's 6.1.192 stable kernel adds (a reader
     would follow them into a kallsyms table we do not build)."""
     k = m.kernel_structs
-    six = k.version == "6.1"
+    six = k.version in ("6.1", "6.6")     # 6.6 simulated as 6.1 (docs/SOURCES.md §12)
     pg = k.pg
     out = [f"OSRELEASE={k.osrelease}"]
     if six:   # BUILD-ID: 5.9+ (lib/buildid.c); ours names no real build

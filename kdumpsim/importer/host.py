@@ -3,12 +3,13 @@
 What comes from where (every value in the YAML names its file in a comment):
 
 - /proc/iomem: top-level lines -> memory.iomem; nested "Kernel code" ..
-  "Kernel bss" -> where the kernel is (reported: the model places the kernel
-  at its default, the schema has no field for another place); nested "Crash
+  "Kernel bss" -> kernel.image (where this boot's kernel is); nested "Crash
   kernel" -> the reservation, written as kexec.crashkernel=SIZE@BASE.
 - /proc/cmdline: crashkernel= (used when /proc/iomem has no reservation),
   intel_iommu= / amd_iommu= / iommu= (the IOMMU's first-kernel mode).
 - /sys/kernel/kexec_crash_size, kexec_crash_loaded: cross-checks, reported.
+- --kdump-log FILE: a capture kernel's boot log -> timing and each device's
+  probe_at / capture_driver (kdumpsim/importer/kdumplog.py).
 - /sys/devices/system/cpu/online, cpu*/topology/physical_package_id: CPUs, sockets.
 - /sys/devices/system/node/online: NUMA nodes.
 - /sys/bus/pci/devices/*/{class,vendor,device,driver,numa_node,iommu_group,dma_mask_bits}:
@@ -204,7 +205,8 @@ def _int(text: str | None, source: str) -> int | None:
 
 
 # ---------------------------------------------------------------- the import
-def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x86_64") -> Imported:
+def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x86_64",
+                kdump_log: str | Path | None = None) -> Imported:
     t = _Tree(root)
     notes: list[str] = []
     src_iomem = t.shown("/proc/iomem")
@@ -283,9 +285,12 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
     if loaded is not None:
         notes.append(f"/sys/kernel/kexec_crash_loaded: {loaded} "
                      f"({'a capture kernel is loaded' if loaded else 'no capture kernel is loaded: kdump is not armed'})")
-    if kernel is not None:
-        notes.append(f"kernel at {kernel[0]:#x}-{kernel[1]:#x} ({src_iomem}: Kernel code .. Kernel bss); the model "
-                     "places the kernel at its default (16 MiB on x86_64): the schema has no field for another place")
+    if kernel_lines:
+        # kernel.image: [start, end) per line, so the model's first kernel sits where this one does
+        # (a KASLR kernel moves at each boot: this is the boot the files were read in).
+        raw["kernel"] = {"image": [[f"{x.start:#x}", f"{x.end + 1:#x}"] for x in kernel_lines]}
+        c["kernel.image"] = (f"{src_iomem}: {', '.join(x.name for x in kernel_lines)} "
+                             "(this boot's place; with KASLR the next boot's differs)")
 
     # the IOMMU
     iommus = t.listdir("/sys/class/iommu")
@@ -302,10 +307,13 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
     elif iommus:
         c["topology.iommu"] = "none: /proc/cmdline turns the IOMMU off"
     # PCI devices
-    devices, buses, unclassified = _pci(t, node_index, bool(topo.get("iommu")), c)
+    devices, buses, unclassified, slots = _pci(t, node_index, bool(topo.get("iommu")), c)
     topo["buses"] = buses
     raw["topology"] = topo
     raw["devices"] = devices
+    if kdump_log is not None:
+        from kdumpsim.importer.kdumplog import apply_kdump_log
+        apply_kdump_log(raw, c, notes, slots, kdump_log)
     for u in unclassified:
         notes.append(f"unclassified PCI device {u}")
     text = _emit(raw, c, notes, unclassified)
@@ -340,6 +348,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
                                t.link(f"{d}/iommu_group"), _int(t.read(f"{d}/dma_mask_bits"), t.shown(f"{d}/dma_mask_bits")),
                                net[0] if net else None, next(iter(t.listdir(f"{d}/nvme")), None)))
     devices: list[dict[str, Any]] = []
+    slots: list[tuple[str, str | None]] = []      # each device's (PCI slot, driver), for --kdump-log
     unclassified: list[str] = []
     used: set[str] = set()
     bus_nodes: set[int] = set()
@@ -356,6 +365,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
         if p.dma_bits is not None and p.dma_bits <= 32:
             dev["dma_bits"] = 32
         devices.append(dev)
+        slots.append((p.slot, p.driver))
         i = len(devices) - 1
         c[f"devices.{i}"] = f"/sys/bus/pci/devices/{p.slot}: {ident.split(' ', 1)[1]}; {why}"
         if p.dma_bits is not None:
@@ -364,7 +374,7 @@ def _pci(t: _Tree, node_index: dict[int, int], iommu: bool, c: dict[str, str]):
              for n in sorted(bus_nodes or {0})]
     c["topology.buses"] = ("one bus per NUMA node that has a device (/sys/bus/pci/devices/*/numa_node)"
                            + ("; behind the IOMMU" if iommu else ""))
-    return devices, buses, unclassified
+    return devices, buses, unclassified, slots
 
 
 def _classify(p: PciDevice) -> tuple[str | None, dict[str, Any], str]:
@@ -426,8 +436,15 @@ def _emit(raw: dict[str, Any], c: dict[str, str], notes: list[str], unclassified
     L.append(f"  numa_nodes: {raw['memory']['numa_nodes']}{_comment(c.get('memory.numa_nodes'))}")
     L.append(f"  iomem:{_comment(c.get('memory.iomem'))}")
     L += [f"    - {_q(line)}" for line in raw["memory"]["iomem"]]
+    if "kernel" in raw:
+        L.append("kernel:")
+        L.append(f"  image:{_comment(c.get('kernel.image'))}")
+        L += [f"    - [{_q(s)}, {_q(e)}]" for s, e in raw["kernel"]["image"]]
     L.append("kexec:")
     L.append(f"  crashkernel: {_q(raw['kexec']['crashkernel'])}{_comment(c.get('kexec.crashkernel'))}")
+    if "timing" in raw:
+        L.append("timing:")
+        L += [f"  {k}: {_q(v)}{_comment(c.get('timing.' + k))}" for k, v in raw["timing"].items()]
     L.append("topology:")
     if "iommu" in raw["topology"]:
         io = raw["topology"]["iommu"]
@@ -456,11 +473,11 @@ def check(imported: Imported, source: str = "<imported>") -> str | None:
 
     from kdumpsim.config.model import validate_model
     from kdumpsim.errors import KdumpsimError, LayoutError
-    from kdumpsim.kexec.load import kexec_load
+    from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.layout import Machine
     try:
         cfg = validate_model(yaml.safe_load(imported.yaml_text), source)
-        kexec_load(Machine(cfg, 0))
+        load_capture_kernel(Machine(cfg, 0))
     except LayoutError as e:
         return f"{source}: {e.field}: {e}"
     except KdumpsimError as e:

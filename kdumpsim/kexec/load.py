@@ -12,7 +12,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from kdumpsim import defaults as D
 from kdumpsim.errors import LayoutError
@@ -55,6 +55,7 @@ class KexecImage:
     backup_dest: int | None
     sha256_digest: bytes | None
     sha256_regions: list[tuple[int, int]] = field(default_factory=list)
+    method: str = "kexec_load"              # kexec_load | kexec_file_load (docs/SOURCES.md §12)
 
     def segment(self, name: str) -> Segment | None:
         return next((s for s in self.segments if s.name == name), None)
@@ -67,10 +68,16 @@ def image_bytes(label: str, size: int) -> bytes:
 
 
 def kexec_load(machine: Machine) -> KexecImage:
-    """Lay the segments out as kexec-tools does and load them into simulated RAM."""
+    """kexec -p by the kexec_load syscall: kexec-tools lays the segments out
+    and builds the ELF core headers; load them into simulated RAM."""
     image = _layout_2004(machine) if machine.cfg.design == "2004" else _layout_2005(machine)
+    return load_segments(machine, image)
+
+
+def load_segments(machine: Machine, image: KexecImage) -> KexecImage:
+    """Copy every segment into simulated RAM at boot (at most KEXEC_SEGMENT_MAX of them)."""
     if len(image.segments) > D.KEXEC_SEGMENT_MAX:
-        raise LayoutError("kexec", f"{len(image.segments)} segments, kexec_load takes at most {D.KEXEC_SEGMENT_MAX}")
+        raise LayoutError("kexec", f"{len(image.segments)} segments, {image.method} takes at most {D.KEXEC_SEGMENT_MAX}")
     for seg in image.segments:
         if seg.sources is None:
             machine.memory.write(seg.start, seg.data, KEXEC_LOAD_TIME, "kexec")
@@ -207,7 +214,7 @@ def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
     return addr
 
 
-def _too_small(machine: Machine, what: str, need: int) -> None:
+def _too_small(machine: Machine, what: str, need: int) -> NoReturn:
     k = machine.cfg.kexec
     total = capture_kernel_image(machine.cfg).memsz + (k.initrd_size or 0) + D.PURGATORY_SIZE + D.PARAMS_SIZE \
         + D.ELFCOREHDR_MIN_MEMSZ + D.BACKUP_SIZE_2005

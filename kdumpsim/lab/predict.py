@@ -54,6 +54,10 @@ PROFILE = Path(__file__).resolve().parent / "data" / "qemu-tcg-profile.yaml"
 PAGE = 4096
 NIC = "nic0"
 RUNNING_AT_END = "running_at_end"      # still writing when the dump copy ended
+# The lab's capture initramfs (busybox, the disk and NIC modules; initrd-capture.gz of
+# the lab's image cache, 2026-11-30: 1762818-1763109 bytes across the scenarios): the
+# capture kernel unpacks it into its reservation (kdumpsim.crash.capturemem).
+LAB_CAPTURE_INITRD = 1763109
 
 
 def load_profile(path: Path = PROFILE) -> dict[str, float]:
@@ -218,7 +222,9 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         "design": "2005",
         "cpus": {"count": 1},
         "memory": {"iomem": iomem},
-        "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}"},
+        # the lab loads with `kexec -p` of kexec-tools 2.0.25: the kexec_load path
+        "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}", "method": "kexec_load",
+                  "initrd_size": LAB_CAPTURE_INITRD},
         "kernel": model_kernel,
         "timing": timing_block,
         "devices": [dev],

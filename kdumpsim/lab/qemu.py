@@ -36,16 +36,20 @@ def command_line(meta: dict, scen, rundir: Path, qmp_path: Path, guest_port: int
                  disk: Path) -> list[str]:
     """The qemu-system-x86_64 argv for one cycle."""
     cmdline = [
-        "console=ttyS0", f"crashkernel={scen.crashkernel_mib}M",
+        "console=ttyS0", scen.crashkernel_arg(),
         f"lab_nic={scen.nic}", f"lab_capnic={1 if scen.capture_loads_nic else 0}",
         f"lab_disk={scen.disk}",
     ]
     machine = ["-M", "pc"]
     iommu = []
+    capextra = list(scen.capture_append)
     if scen.iommu:
         machine = ["-M", "q35"]
         iommu = ["-device", "intel-iommu,intremap=off"]
-        cmdline += ["intel_iommu=on", "lab_capextra=intel_iommu=off"]
+        cmdline.append("intel_iommu=on")
+        capextra = ["intel_iommu=off", *(w for w in capextra if w != "intel_iommu=off")]
+    if capextra:      # first-init.sh turns the commas back into spaces on kexec -p --append
+        cmdline.append("lab_capextra=" + ",".join(capextra))
     netdev = (f"dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port={guest_port},"
               f"remote.type=inet,remote.host=127.0.0.1,remote.port={host_port}")
     nicdev = "e1000" if scen.nic == "e1000" else "virtio-net-pci"

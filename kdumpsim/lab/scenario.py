@@ -10,6 +10,7 @@ size, and an optional IOMMU setup.  Device and option names are QEMU's
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,11 @@ import yaml
 from . import LabError
 
 NICS = ("e1000", "virtio-net")
+# crashkernel=SIZE[@OFFSET] or SIZE,high / SIZE,low (Documentation/admin-guide/kdump/kdump.rst);
+# what `kdumpsim recommend` prints for the first kernel.
+CRASHKERNEL_RE = re.compile(r"^(\d+)([KMG])(@\d+[KMG]?|,high|,low)?$")
+# One capture-kernel parameter: no spaces or commas (lab_capextra carries them comma-separated).
+CAPTURE_WORD_RE = re.compile(r"^[A-Za-z0-9_.:=/-]+$")
 DISKS = ("virtio", "ide")
 
 
@@ -34,6 +40,8 @@ class Scenario:
     disk: str = "virtio"
     ram_mib: int = 512
     crashkernel_mib: int = 160
+    crashkernel: str | None = None    # the whole crashkernel= value (e.g. 128M@64M, 256M,high); replaces crashkernel_mib
+    capture_append: tuple[str, ...] = ()   # extra capture-kernel parameters (e.g. intel_iommu=off)
     iommu: bool = False               # -M q35 -device intel-iommu; capture gets intel_iommu=off
     timeout_seconds: float = 150.0    # whole-cycle bound
 
@@ -54,6 +62,22 @@ class Scenario:
             raise LabError(f"scenario {self.name}: ram_mib must be in [128, 4096]")
         if not 32 <= self.crashkernel_mib < self.ram_mib // 2:
             raise LabError(f"scenario {self.name}: crashkernel_mib must be in [32, ram_mib/2)")
+        if self.crashkernel is not None:
+            m = CRASHKERNEL_RE.match(str(self.crashkernel))
+            if m is None:
+                raise LabError(f"scenario {self.name}: crashkernel {self.crashkernel!r} is not SIZE[@OFFSET], "
+                               "SIZE,high or SIZE,low (e.g. 128M@64M)")
+            mib = int(m.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024}[m.group(2)]
+            if not 32 <= mib < self.ram_mib // 2:
+                raise LabError(f"scenario {self.name}: crashkernel size must be in [32M, ram_mib/2)")
+        for word in self.capture_append:
+            if not CAPTURE_WORD_RE.match(str(word)):
+                raise LabError(f"scenario {self.name}: capture_append word {word!r} must be one parameter "
+                               "without spaces or commas")
+
+    def crashkernel_arg(self) -> str:
+        """The first kernel's crashkernel= parameter."""
+        return f"crashkernel={self.crashkernel or f'{self.crashkernel_mib}M'}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,6 +92,8 @@ def from_dict(data: dict, default_name: str = "scenario") -> Scenario:
         raise LabError(f"scenario: unknown keys {unknown}")
     data = dict(data)
     data.setdefault("name", default_name)
+    if isinstance(data.get("capture_append"), list):
+        data["capture_append"] = tuple(data["capture_append"])
     scen = Scenario(**data)
     scen.validate()
     return scen

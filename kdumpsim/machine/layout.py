@@ -36,6 +36,7 @@ class Machine:
     kernel_ranges: list[tuple[int, int]] = field(init=False)
     reservation: Reservation = field(init=False)
     crash_notes: list[int] = field(init=False)      # per-CPU note buffer addresses
+    hotplug_notes: list[int] = field(init=False)    # the buffers of possible CPUs that are not present
     crash_note_size: int = field(init=False)
     vmcoreinfo_addr: int | None = field(init=False)
     memory: PhysicalMemory = field(init=False)
@@ -150,6 +151,7 @@ class Machine:
         and a page-sized vmcoreinfo note buffer (kernel/vmcore_info.c).
         """
         self.crash_note_size = D.CRASH_NOTE_BYTES
+        self.hotplug_notes = []
         kstart, kend = self.kernel_image
         if self.cfg.design == "2004":
             # "CPU register states were stored immediately after the backup region" (paper 2.2)
@@ -164,11 +166,13 @@ class Machine:
             return
         self.crash_note_size = D.CRASH_NOTE_BYTES_MODERN[self.arch]
         unit = 64 * 1024   # a per-cpu unit's size in our layout
-        units = self.first_kernel_free.alloc(unit * self.ncpus, 2 * MiB)
+        possible = self.cfg.cpus.possible or self.ncpus        # setup_per_cpu_areas: one unit per possible CPU
+        units = self.first_kernel_free.alloc(unit * possible, 2 * MiB)
         if units is None:
-            raise LayoutError("memory.iomem", f"no room for the per-cpu areas ({fmt_size(unit * self.ncpus)}, "
+            raise LayoutError("memory.iomem", f"no room for the per-cpu areas ({fmt_size(unit * possible)}, "
                               "2 MiB aligned) in free System RAM: add RAM or use fewer CPUs")
-        self.crash_notes = [units + cpu * unit + 0x1000 for cpu in range(self.ncpus)]
+        notes = [units + cpu * unit + 0x1000 for cpu in range(possible)]
+        self.crash_notes, self.hotplug_notes = notes[:self.ncpus], notes[self.ncpus:]
         self.vmcoreinfo_addr = self.first_kernel_free.alloc(D.PAGE_SIZE, D.PAGE_SIZE)
         if self.vmcoreinfo_addr is None:
             raise LayoutError("memory.iomem", "no room for the vmcoreinfo note (one free page of System RAM)")

@@ -136,6 +136,8 @@ def finish(run: CrashRun) -> None:
     for name in ("kernel", "initrd", "params", "purgatory", "elfcorehdr"):
         at = {"purgatory": run.phase.get("purgatory_start", end),
               "elfcorehdr": run.phase.get("vmcore_init", end)}.get(name, boot_end)
+        if run.capture_mem is not None and name in ("kernel", "initrd", "params"):
+            at = min(at, run.capture_mem.consumed_at(name))     # consumed then; later writes hit free memory
         regions[name] = segment_corruption(run, name, at).as_dict()
     saved = notes_in_dump(run)
     dumped_units = 0
@@ -166,6 +168,10 @@ def finish(run: CrashRun) -> None:
         "dma": {e.name: {"kind": e.kind, "placement": e.spec.placement.mode, "writes": e.writes,
                          "bytes": e.bytes_written, "faults": e.blocked, "to_nowhere": e.nowhere,
                          "stopped_ns": e.stopped_at, "stop_reason": e.stop_reason} for e in run.engines},
+        # What DMA hit in the capture kernel's memory while it was in use (kdumpsim.crash.capturemem).
+        "capture_memory_hits": dict(sorted(run.capture_mem.hits.items())) if run.capture_mem is not None else {},
+        "capture_oom": run.capture_mem.oom if run.capture_mem is not None else None,
+        "timing_profile": run.timing.profile,
         "phase_ns": dict(run.phase),
         "end_ns": end,
     }
@@ -176,10 +182,14 @@ def _outcome(run: CrashRun, missing: list[int], bad_pages: int) -> str:
         return "purgatory_mismatch"
     if run.capture_corrupted:
         return "capture_kernel_corrupted"
+    if run.capture_stopped == "capture_oom":
+        return "capture_oom"
+    if run.capture_crashed is not None:
+        return "capture_kernel_crashed"
     if run.vmcore is None:
         return "vmcore_unavailable"
     if missing:
         return "cpu_state_missing"
-    if bad_pages:
+    if bad_pages or (run.capture_mem is not None and run.capture_mem.dump_file_damage):
         return "ok_dump_corrupted"
     return "ok"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kdumpsim.crash.capturemem import DUMP_KINDS
 from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
 
 if TYPE_CHECKING:
@@ -25,9 +26,10 @@ def mechanisms(run: CrashRun) -> list[str]:
     return out or ["none"]
 
 # Fixed columns (the analysis ones are filled when an experiment says `analyse: true`).
-RECORD_COLUMNS = ("outcome", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
+RECORD_COLUMNS = ("outcome", "kexec_method", "detected", "mechanisms", "dma_stop", "cpus_saved", "cpus_missing",
                   "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
                   "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump", "cma_hit_after_jump",
+                  "capture_memory_hit", "dump_file_corrupted_bytes",
                   "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
 # Per-region bytes, per-region DMA hits, per-phase times (seconds).
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
@@ -38,6 +40,7 @@ def run_record(run: CrashRun) -> dict[str, Any]:
     m, machine = run.metrics, run.machine
     row: dict[str, Any] = {
         "outcome": run.outcome,
+        "kexec_method": run.image.method,
         "detected": m["detected"],
         "cpus_saved": m["cpus_saved"],
         "mechanisms": ",".join(mechanisms(run)),
@@ -52,6 +55,10 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "dump_pages_corrupted": m["dump_pages_corrupted"],
         "dump_fidelity": m["dump_fidelity"],
         "dma_bytes_after_panic": sum(sum(d.values()) for d in m["dma_hits"].values()),
+        # the kinds of capture-kernel memory DMA hit while in use ("none"), and the bytes
+        # that landed in the dump tool's buffers or the dump file's page cache
+        "capture_memory_hit": ",".join(m["capture_memory_hits"]) or "none",
+        "dump_file_corrupted_bytes": sum(n for k, n in m["capture_memory_hits"].items() if k in DUMP_KINDS),
         "reservation_start": machine.reservation.start,
         "reservation_end": machine.reservation.end,
     }

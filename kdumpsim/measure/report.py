@@ -22,7 +22,10 @@ def build_report(run: CrashRun) -> dict[str, Any]:
         "arch": m.arch,
         "era": m.era,
         "design": m.cfg.design,
+        "kexec_method": image.method,
         "outcome": run.outcome,
+        "timing_profile": m.cfg.timing.profile,
+        "capture_memory": _capture_memory(run),
         "assumptions": assumptions(run),
         "metrics": run.metrics,
         "cpus": [{"id": c.id, "pid": c.pid, "answer": c.answer, "state": c.state,
@@ -45,6 +48,16 @@ def build_report(run: CrashRun) -> dict[str, Any]:
     }
 
 
+def _capture_memory(run: CrashRun) -> dict[str, Any] | None:
+    mem = run.capture_mem
+    if mem is None:
+        return None
+    return {"kernel_at": mem.kernel_at, "need": mem.need.parts, "minimum": mem.need.minimum,
+            "oom": mem.oom, "hits": dict(sorted(mem.hits.items())), "crashed": run.capture_crashed,
+            "uses": [{"start": u.start, "end": u.end, "kind": u.kind, "since_ns": u.since, "until_ns": u.until}
+                     for u in mem.uses]}
+
+
 def _vmcore_summary(run: CrashRun) -> dict[str, Any] | None:
     v = run.vmcore
     if v is None:
@@ -65,10 +78,17 @@ def dumps(report: dict[str, Any]) -> str:
 def assumptions(run: CrashRun) -> list[str]:
     """What this run's answer rests on that no source gives (named, so a reader can weigh it)."""
     cfg = run.machine.cfg
-    out = ["capture kernel timing: vmcore_init, IOMMU init, driver probes and the dump service at "
-           f"{cfg.timing.vmcore_init / 1e9:g} s, {cfg.timing.iommu_init / 1e9:g} s, {cfg.timing.driver_init / 1e9:g} s and "
-           f"{cfg.timing.capture_boot / 1e9:g} s after the jump: the kernel's initcall order, assumed times "
-           "(the lab's QEMU profile is the measured one)"]
+    t = cfg.timing
+    source = ("measured in the QEMU TCG lab (kdumpsim/lab/data/qemu-tcg-profile.yaml); the lab's panic-to-capture-kernel "
+              "time is lumped into machine_kexec" if t.profile == "qemu-tcg" else
+              "assumed times inside the published 4.6-6.5 s start of the capture service")
+    out = [f"capture kernel timing (profile {t.profile}): vmcore_init, IOMMU init, driver probes and the dump service at "
+           f"{t.vmcore_init / 1e9:g} s, {t.iommu_init / 1e9:g} s, {t.driver_init / 1e9:g} s and "
+           f"{t.capture_boot / 1e9:g} s after the jump, in the kernel's initcall order: {source}"]
+    if run.capture_mem is not None:
+        out.append("capture kernel memory (kdumpsim.crash.capturemem): the 6.1 image and early allocations from a "
+                   "real log; the initramfs unpack ratio, slab and driver allocations, the dump tool's process and "
+                   "the allocator's top-down order are assumptions")
     kinds = {e.kind for e in run.engines}
     modes = {e.spec.placement.mode for e in run.engines}
     if "storage" in kinds:
@@ -78,9 +98,16 @@ def assumptions(run: CrashRun) -> list[str]:
         out.append("stale/wild DMA: a scenario (where and when are given by the model), not a measured rate")
     if any(e.spec.iova_in_use for e in run.engines):
         out.append("IOVA space in use by the device's other live mappings: given by the model (iova_in_use)")
+    file_load = run.image.method == "kexec_file_load"
     if run.machine.cma is not None:
         out.append("CMA area: placed top-down, 4 MiB aligned; passed to the capture kernel and left out of the "
-                   "dump as kexec_file_load does, while the rest of the layout is kexec_load's")
+                   "dump as kexec_file_load does" + ("" if file_load else ", while the rest of the layout is kexec_load's"))
+    if file_load:
+        out.append("kexec_file_load: the kernel's purgatory taken as 16 KiB, a BIOS boot (no EFI runtime map in "
+                   "the boot parameters), the boot parameters' E820 table not written")
+        if (cfg.kernel.version or "") == "6.6":
+            out.append("kernel 6.6: the first kernel's structures are simulated as 6.1's; the elfcorehdr is sized "
+                       "for NR_CPUS_DEFAULT=8192 (MAXSMP) and CRASH_MAX_MEMORY_RANGES=8192")
     if run.machine.era == "2005" and "nic_rx_ring" in kinds:
         out.append("2.6.13 e1000 RX buffers: one slab object per page")
     return out

@@ -44,8 +44,8 @@ NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TOO_LARGE = re.compile(r"^\s*-?\d+(\.\d+)?[eE]\+?\d{3,}\s*(ns|us|µs|ms|s|min)\s*$")  # 1e300s: float overflow
 NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 
-# Always kept: the summary table needs them.
-ALWAYS_KEPT = ("outcome", "detected", "corrupted_bytes", "dump_fidelity")
+# Always kept: the summary table needs them (and which loading method a run used).
+ALWAYS_KEPT = ("outcome", "kexec_method", "detected", "corrupted_bytes", "dump_fidelity")
 # Identity columns every row has (axis columns go between `seed` and `outcome`).
 ID_COLUMNS = ("point", "point_label", "replicate", "seed")
 TAIL_COLUMNS = ("error", "overrides", "rerun")
@@ -64,7 +64,8 @@ Scalar = int | float | str
 
 class BaseSpec(Strict):
     """The model every point starts from."""
-    model: str = Field(description="model YAML, relative to the repo root or to the experiment file")
+    model: str | None = Field(default=None, description="model YAML, relative to the repo root or to the experiment "
+                                                      "file (omit it when an axis gives `models`)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value, applied in order")
 
 
@@ -77,13 +78,16 @@ class RangeSpec(Strict):
 
 
 class AxisSpec(Strict):
-    """One grid axis: exactly one of `values`, `range` or `linked`."""
+    """One grid axis: exactly one of `values`, `range`, `linked` or `models`."""
     name: str | None = Field(default=None, pattern=NAME_RE, description="column name (default: the key)")
     key: str | None = Field(default=None, description="dotted model key, e.g. devices.nic0.start")
     values: list[Any] | None = Field(default=None, min_length=1)
     range: RangeSpec | None = None
     linked: list[dict[str, Any]] | None = Field(
         default=None, min_length=1, description="each value: {label: ..., dotted.key: value, ...}")
+    models: list[str] | None = Field(
+        default=None, min_length=1, description="a fleet: model files, one machine per value (base.overrides "
+                                                "apply to each)")
 
 
 class SampleAxisSpec(Strict):
@@ -149,11 +153,11 @@ class Axis:
     column: tuple[Any, ...]        # per value: what the table stores
     display: tuple[str, ...]       # per value: text for labels and plots
     unit: str = ""                 # "s" (durations), "bytes" (sizes) or "" (as written)
-    source: str = "values"         # values | range | linked | sample: how the file gave it
+    source: str = "values"         # values | range | linked | models | sample: how the file gave it
 
     def value_field(self, j: int) -> str:
         """Where value j is written in the file (for error messages)."""
-        if self.source in ("values", "linked"):
+        if self.source in ("values", "linked", "models"):
             return f"{self.field}.{self.source}.{j}"
         return f"{self.field}.{self.source}" if self.source == "range" else self.field
 
@@ -165,11 +169,26 @@ class Point:
     params: dict[str, Any]         # axis name -> column value
     display: dict[str, str]        # axis name -> display text
     overrides: dict[str, Any]      # dotted key -> model value, in application order
+    model: int = 0                 # which of Experiment.models (a fleet axis chooses it)
+    machine: str | None = None     # that model's file as the experiment names it (fleets only)
 
     @property
     def key(self) -> str:
-        """Identity of the point for seeding: its overrides, canonical JSON."""
-        return json.dumps(self.overrides, sort_keys=True, separators=(",", ":"), default=str)
+        """Identity of the point for seeding: its overrides, canonical JSON;
+        on a fleet, also the machine's model file (so an experiment without
+        a fleet axis keeps the seeds it always had)."""
+        ident: dict[str, Any] = self.overrides if self.machine is None else \
+            {"@model": self.machine, **self.overrides}
+        return json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One machine an experiment runs: its file, how rerun commands name it, its YAML."""
+    path: Path
+    ref: str                       # relative to Experiment.root when inside it
+    raw: dict[str, Any]
+    field: str                     # where the experiment names it: base.model or axes.I.models.J
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +203,20 @@ class Experiment:
     path: Path
     sha256: str
     spec: ExperimentSpec
-    model_path: Path
-    model_ref: str                 # how `kdumpsim run` names the model (relative to `root`)
+    models: list[ModelFile]        # the base model, or each machine of a fleet axis
     root: Path                     # the directory the rerun commands run from
-    model_raw: dict[str, Any]
     axes: list[Axis]
     points: PointGrid
     _cfgs: OrderedDict[int, ModelConfig] = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        return self.models[0].path
+
+    @property
+    def model_ref(self) -> str:
+        """How `kdumpsim run` names the model; a fleet's files, comma-separated."""
+        return ",".join(m.ref for m in self.models)
 
     @property
     def source(self) -> str:
@@ -224,7 +250,7 @@ class Experiment:
 
     def rerun_command(self, point: Point, seed: int) -> str:
         """A `kdumpsim run` command line (run from `root`) that re-creates one run."""
-        parts = ["kdumpsim", "run", self.model_ref, "--seed", str(seed)]
+        parts = ["kdumpsim", "run", self.models[point.model].ref, "--seed", str(seed)]
         for key, value in self.all_overrides(point):
             parts += ["--set", f"{key}={override_text(value)}"]
         return shlex.join(parts)
@@ -262,14 +288,10 @@ def load_experiment(path: str | Path) -> Experiment:
     except ValidationError as e:
         raise _spec_error(e, source, raw) from None
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    model_path, root = _find_model(p, spec.base.model, source)
-    model_raw = read_yaml(model_path)
-    if not isinstance(model_raw, dict):
-        raise ConfigError(source, "base.model", f"{model_path} is not a model (no mapping at the top level)")
-    axes = _resolve_axes(spec, source)
+    models, root = _model_files(p, spec, source)
+    axes = _resolve_axes(spec, source, [m.ref for m in models])
     _check_names(spec, axes, source)
-    exp = Experiment(p, digest, spec, model_path, _model_ref(model_path, root), root, model_raw, axes,
-                     PointGrid([], [], 1))
+    exp = Experiment(p, digest, spec, models, root, axes, PointGrid([], [], 1, []))
     exp.points = _expand(exp)
     _check_base(exp)
     return exp
@@ -303,7 +325,7 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
-def _find_model(exp_path: Path, model: str, source: str) -> tuple[Path, Path]:
+def _find_model(exp_path: Path, model: str, source: str, where: str = "base.model") -> tuple[Path, Path]:
     """(model path, directory rerun commands run from): the model is looked up
     relative to the repo root, then to the experiment file's directory."""
     here = exp_path.resolve().parent
@@ -314,7 +336,31 @@ def _find_model(exp_path: Path, model: str, source: str) -> tuple[Path, Path]:
         if c.is_file():
             return c.resolve(), root
     looked = ", ".join(str(c) for c in candidates)
-    raise ConfigError(source, "base.model", f"no such model file {model!r} (looked for {looked})")
+    raise ConfigError(source, where, f"no such model file {model!r} (looked for {looked})")
+
+
+def _model_files(exp_path: Path, spec: ExperimentSpec, source: str) -> tuple[list[ModelFile], Path]:
+    """The base model, or the machines of the one fleet axis (`models`)."""
+    fleets = [(i, a) for i, a in enumerate(spec.axes) if a.models is not None]
+    if len(fleets) > 1:
+        raise ConfigError(source, f"axes.{fleets[1][0]}.models", f"a second fleet axis (axes.{fleets[0][0]} "
+                          "already gives the models): one experiment has one fleet")
+    if fleets and spec.base.model is not None:
+        raise ConfigError(source, "base.model", f"axes.{fleets[0][0]}.models gives the machines: remove base.model "
+                          "(base.overrides still apply to each machine)")
+    if not fleets and spec.base.model is None:
+        raise ConfigError(source, "base.model", "required field is missing (the model YAML every point starts "
+                          "from, or a fleet axis with `models`)")
+    named = [(f"axes.{fleets[0][0]}.models.{j}", m) for j, m in enumerate(fleets[0][1].models or [])] \
+        if fleets else [("base.model", str(spec.base.model))]
+    out, root = [], exp_path.resolve().parent
+    for where, m in named:
+        path, root = _find_model(exp_path, m, source, where)
+        raw = read_yaml(path)
+        if not isinstance(raw, dict):
+            raise ConfigError(source, where, f"{path} is not a model (no mapping at the top level)")
+        out.append(ModelFile(path, _model_ref(path, root), raw, where))
+    return out, root
 
 
 def _model_ref(model_path: Path, root: Path) -> str:
@@ -325,17 +371,34 @@ def _model_ref(model_path: Path, root: Path) -> str:
 
 
 # ---------------------------------------------------------------- axes
-def _resolve_axes(spec: ExperimentSpec, source: str) -> list[Axis]:
-    axes = [_grid_axis(a, f"axes.{i}", source) for i, a in enumerate(spec.axes)]
+def _resolve_axes(spec: ExperimentSpec, source: str, refs: list[str]) -> list[Axis]:
+    axes = [_fleet_axis(a, f"axes.{i}", source, refs) if a.models is not None else _grid_axis(a, f"axes.{i}", source)
+            for i, a in enumerate(spec.axes)]
     if spec.sample is not None:
         axes += _sample_axes(spec.sample, spec.seed, source)
     return axes
 
 
+def _fleet_axis(a: AxisSpec, where: str, source: str, refs: list[str]) -> Axis:
+    """A fleet: one value per model file, shown by the file's stem (its path
+    when two stems agree); sets no key (the point's model is chosen instead)."""
+    others = [k for k in ("key", "values", "range", "linked") if getattr(a, k) is not None]
+    if others:
+        raise ConfigError(source, f"{where}.{others[0]}", "a fleet axis (models) takes a name and the model "
+                          f"files only: remove {others[0]}")
+    if not a.name:
+        raise ConfigError(source, f"{where}.name", "required field is missing (a fleet axis needs a column name, "
+                          "e.g. machine)")
+    _no_duplicates(refs, f"{where}.models", source, what="model file")
+    stems = [Path(r).stem for r in refs]
+    labels = stems if len(set(stems)) == len(stems) else refs
+    return Axis(a.name, where, (), tuple({} for _ in refs), tuple(labels), tuple(labels), "", "models")
+
+
 def _grid_axis(a: AxisSpec, where: str, source: str) -> Axis:
     given = [k for k in ("values", "range", "linked") if getattr(a, k) is not None]
     if len(given) != 1:
-        raise ConfigError(source, where, "give exactly one of values, range or linked"
+        raise ConfigError(source, where, "give exactly one of values, range, linked or models"
                           + (f" (got {', '.join(given)})" if given else ""))
     if a.linked is not None:
         return _linked_axis(a, where, source)
@@ -660,17 +723,24 @@ def _expand(exp: Experiment) -> PointGrid:
         raise ConfigError(exp.source, "axes", f"{asked} points x {exp.spec.replicates} replicates asked for; an "
                           f"experiment may have at most {MAX_POINTS} points and {MAX_RUNS} runs: fewer values, "
                           "or a random or Latin-hypercube sample")
-    return PointGrid(grid, sampled, exp.spec.sample.count if sampled else 1)
+    fleet = len(exp.models) > 1 or grid_is_fleet(grid)
+    return PointGrid(grid, sampled, exp.spec.sample.count if sampled else 1,
+                     [m.ref for m in exp.models] if fleet else [])
+
+
+def grid_is_fleet(grid: list[Axis]) -> bool:
+    return any(a.source == "models" for a in grid)
 
 
 class PointGrid(Sequence[Point]):
     """The points of an experiment, made when asked for (never all held in
     memory): point i is the i-th combination of itertools.product over the
     grid axes' values (the last axis fastest), each crossed with the sampled
-    rows; so ids, labels and seeds are those of the list it replaces."""
+    rows; so ids, labels and seeds are those of the list it replaces.
+    `machines`: a fleet's model files (empty without a fleet)."""
 
-    def __init__(self, grid: list[Axis], sampled: list[Axis], rows: int):
-        self.grid, self.sampled, self.rows = grid, sampled, rows
+    def __init__(self, grid: list[Axis], sampled: list[Axis], rows: int, machines: list[str]):
+        self.grid, self.sampled, self.rows, self.machines = grid, sampled, rows, machines
         self.sizes = [len(a.settings) for a in grid]
         self.count = math.prod(self.sizes) * rows
 
@@ -696,32 +766,37 @@ class PointGrid(Sequence[Point]):
             choice.append(j)
         chosen = list(zip(self.grid, reversed(choice))) + [(a, row) for a in self.sampled]
         overrides: dict[str, Any] = {}
+        model = 0
         for axis, j in chosen:
             overrides.update(axis.settings[j])
+            model = j if axis.source == "models" else model
         params = {axis.name: axis.column[j] for axis, j in chosen}
         display = {axis.name: axis.display[j] for axis, j in chosen}
         label = " ".join(f"{k}={v}" for k, v in display.items()) or "base"
-        return Point(i, label, params, display, overrides)
+        machine = self.machines[model] if self.machines else None
+        return Point(i, label, params, display, overrides, model, machine)
 
 
-def model_with(exp: Experiment, pairs: list[tuple[str, Any]]) -> ModelConfig:
-    """The base model with `pairs` applied one after the other, as `kdumpsim
-    run --set` applies them (so a rerun command gives the same model)."""
+def model_with(exp: Experiment, pairs: list[tuple[str, Any]], model: int = 0) -> ModelConfig:
+    """Model `model` (the base, or a fleet's machine) with `pairs` applied one
+    after the other, as `kdumpsim run --set` applies them (so a rerun command
+    gives the same model)."""
+    mf = exp.models[model]
     # Copy only the top-level entries the keys reach (a big iomem list is shared, not copied per point).
-    raw = dict(exp.model_raw)
+    raw = dict(mf.raw)
     for top in dict.fromkeys(key.split(".", 1)[0] for key, _ in pairs):
         if top in raw:
             raw[top] = copy.deepcopy(raw[top])
     for key, value in pairs:
         set_dotted(raw, key, copy.deepcopy(value))
-    return validate_model(raw, str(exp.model_path))
+    return validate_model(raw, str(mf.path))
 
 
 def build_point_model(exp: Experiment, point: Point) -> ModelConfig:
     """Validate one point's model; errors name the experiment file and the point."""
     where = f"point {point.index} ({point.label})"
     try:
-        return model_with(exp, exp.all_overrides(point))
+        return model_with(exp, exp.all_overrides(point), point.model)
     except ConfigError as e:
         if len(exp.axes) == 1:        # the point is value `index` of the one axis: name it as _check_base does
             axis = exp.axes[0]
@@ -732,28 +807,35 @@ def build_point_model(exp: Experiment, point: Point) -> ModelConfig:
 
 
 def _check_base(exp: Experiment) -> None:
-    """The base model alone, then each axis value on it: errors name the axis value."""
+    """Each model (the base, or each machine of a fleet) alone with the base
+    overrides, then each axis value on it: errors name the model file, the
+    axis value and the field."""
     base = list(exp.spec.base.overrides.items())
-    try:
-        model_with(exp, base)
-    except ConfigError as e:
-        raise ConfigError(exp.source, f"base.overrides: {e.field}" if e.field else "base.overrides",
-                          e.message) from None
-    if len(exp.axes) == 1:
-        return      # each point is one axis value: build_point_model checks it and names the value
-    for axis in exp.axes:
-        for j, sets in enumerate(axis.settings):
+    fleet = len(exp.models) > 1 or grid_is_fleet(exp.axes)
+    for m, mf in enumerate(exp.models):
+        on = f" (on {mf.ref}, {mf.field})" if fleet else ""
+        for at, pairs in ([(mf.field, [])] if fleet else []) + [("base.overrides", base)]:
             try:
-                model_with(exp, base + list(sets.items()))
+                model_with(exp, pairs, m)
             except ConfigError as e:
-                at = axis.value_field(j)
                 raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
-                                  f"{e.message} (value {axis.display[j]!r})") from None
+                                  e.message + (f" (in {mf.ref})" if fleet else "")) from None
+        for axis in exp.axes:
+            if axis.source == "models" or len(exp.axes) == 1:
+                continue     # one axis: each point is one of its values, checked by build_point_model
+            for j, sets in enumerate(axis.settings):
+                try:
+                    model_with(exp, base + list(sets.items()), m)
+                except ConfigError as e:
+                    at = axis.value_field(j)
+                    raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
+                                      f"{e.message} (value {axis.display[j]!r}{on})") from None
 
 
 def models_sha256(exp: Experiment) -> str:
     """A digest of every point's resolved model (what a run simulates): editing
-    the model file, or anything it resolves to, changes it."""
+    any model file (each machine of a fleet), or anything it resolves to,
+    changes it."""
     h = hashlib.sha256()
     for p in exp.points:
         h.update(json.dumps(exp.model_for(p.index).model_dump(mode="json"), sort_keys=True, default=str).encode())
@@ -794,11 +876,12 @@ def lay_out(cfg: ModelConfig) -> None:
 
     from kdumpsim.crash.devices import make_engines
     from kdumpsim.crash.run import CrashRun
-    from kdumpsim.kexec.load import KEXEC_LOAD_TIME, kexec_load
+    from kdumpsim.kexec import load_capture_kernel
+    from kdumpsim.kexec.load import KEXEC_LOAD_TIME
     from kdumpsim.machine.layout import Machine
     from kdumpsim.trace.events import Trace
     machine = Machine(cfg, 0)
-    kexec_load(machine)
+    load_capture_kernel(machine)
     make_engines(CrashRun(machine, simpy.Environment(initial_time=KEXEC_LOAD_TIME), Trace()))
 
 

@@ -41,7 +41,7 @@ DPI = 150
 # Okabe-Ito (colour-blind safe), one colour per outcome, good to bad.
 OUTCOME_COLOURS = {"ok": "#009E73", "ok_dump_corrupted": "#56B4E9", "cpu_state_missing": "#F0E442",
                    "vmcore_unavailable": "#E69F00", "capture_kernel_corrupted": "#D55E00",
-                   "purgatory_mismatch": "#CC79A7"}
+                   "capture_kernel_crashed": "#0072B2", "capture_oom": "#000000", "purgatory_mismatch": "#CC79A7"}
 SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 RATE_CMAP = "cividis"

@@ -164,7 +164,8 @@ def _cell(v: Any) -> str:
 
 
 def render(exp: Any, manifest: dict[str, Any], rows: list[dict[str, Any]], plots: list[Path],
-           outcome_counts: dict[str, int], model_name: str = "", field_values: dict[str, str] | None = None) -> str:
+           outcome_counts: dict[str, int], model_name: str = "", field_values: dict[str, str] | None = None,
+           machines: list[dict[str, Any]] | None = None) -> str:
     """The page as text (see write_report)."""
     spec = exp.spec
     field_values = field_values or {}
@@ -212,6 +213,15 @@ def render(exp: Any, manifest: dict[str, Any], rows: list[dict[str, Any]], plots
     parts.append("<h2 id=\"outcomes\">What each outcome means</h2>"
                  f"<p>A <em>capture failure</em> is any outcome but {' and '.join(CAPTURE_OK)}.</p>"
                  + _table(["outcome", "in short", "meaning", "runs", "share"], orows + extra, {3, 4}))
+
+    # a fleet: one row per machine
+    if machines:
+        cols = list(machines[0])
+        body = [[_cell(r[c]) for c in cols] for r in machines]
+        num = {i for i, c in enumerate(cols) if all(isinstance(r[c], (int, float, Share)) for r in machines)}
+        parts.append("<h2 id=\"machines\">Summary per machine</h2>"
+                     "<p class=\"muted\">Each machine of the fleet over every other axis, 95% Wilson intervals "
+                     "in brackets. The same table is in summary_by_machine.csv.</p>" + _table(cols, body, num))
 
     # summary table
     if rows:
@@ -276,12 +286,13 @@ def _value_text(field: str, v: Any) -> str:
 
 
 def write_report(exp: Any, out: Path, manifest: dict[str, Any], rows: list[dict[str, Any]], plots: list[Path],
-                 outcome_counts: dict[str, int]) -> Path:
-    """Write DIR/report.html (atomically); returns its path."""
+                 outcome_counts: dict[str, int], machines: list[dict[str, Any]] | None = None) -> Path:
+    """Write DIR/report.html (atomically); returns its path. `machines`: a
+    fleet's summary per machine (runner.fleet_rows)."""
     cfg = exp.model_for(exp.points[0].index) if exp.points else None
     fields = sorted({a.field for a in assumptions() if a.field})
     values = field_values(cfg, fields) if cfg is not None else {}
-    text = render(exp, manifest, rows, plots, outcome_counts, getattr(cfg, "name", ""), values)
+    text = render(exp, manifest, rows, plots, outcome_counts, getattr(cfg, "name", ""), values, machines)
     path = Path(out) / "report.html"
     write_text(path, text)
     return path

@@ -37,7 +37,7 @@ FIXED_TYPES = {"point": pa.int64(), "replicate": pa.int64(), "seed": pa.uint64()
 IDENTITY_KEY = b"kdumpsim.identity"    # Parquet key-value metadata of every part: the run's identity
 LOCK_NAME = ".kdumpsim.lock"
 # What a fresh start may delete, and only in a directory whose manifest.json a sweep wrote.
-OUTPUT_FILES = ("results.parquet", "summary.csv", "report.html")
+OUTPUT_FILES = ("results.parquet", "summary.csv", "summary_by_machine.csv", "report.html")
 
 
 # ---------------------------------------------------------------- tables

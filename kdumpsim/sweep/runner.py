@@ -52,6 +52,7 @@ from kdumpsim.sweep.report_html import code_version, write_report
 from kdumpsim.sweep.results import (
     OUTPUT_FILES,
     PartStore,
+    Share,
     code_sha256,
     format_table,
     locked,
@@ -210,7 +211,8 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     if resume:
         store.clean_temporaries()
         if previous and store.files():
-            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", "the model"),
+            models = "the model" if len(exp.models) == 1 else "a model of the fleet"
+            for key, what in (("experiment_sha256", "the experiment file"), ("models_sha256", models),
                               ("code_sha256", "kdumpsim's code")):
                 before = previous.get(key)
                 if isinstance(before, str) and before != ident[key]:
@@ -364,13 +366,14 @@ def _finish(exp: Experiment, out: Path, store: PartStore, manifest: dict, ran: i
               "exception in the error column; they are left out of the summary and the plots. The first: "
               f"{printable(str(first['error']))}; re-run it alone with: {first['rerun']}", file=sys.stderr)
     rows = print_summary(exp, measured, out)
+    machines = fleet_rows(exp, measured)
     plots = draw_plots(exp, measured, out)
     manifest.update(status="complete", finished=_now(), runs=table.num_rows, runs_this_session=ran,
                     seconds_this_session=round(seconds, 1), columns=table.column_names,
                     plots=[p.name for p in plots], code_version=code_version(), report="report.html")
     _write_manifest(out, manifest)
     counts = {str(k): int(v) for k, v in df["outcome"].value_counts().items()}
-    report = write_report(exp, out, manifest, rows, plots, counts)
+    report = write_report(exp, out, manifest, rows, plots, counts, machines)
     print(f"\n{table.num_rows} runs -> {out / 'results.parquet'}; plots: "
           f"{', '.join(p.name for p in plots) or 'none'}; report: {report}", file=sys.stderr)
     return SweepResult(exp, out, df, manifest)
@@ -388,7 +391,30 @@ def print_summary(exp: Experiment, df: Any, out: Path) -> list[dict[str, Any]]:
         shares = marginal(df, axis.name, labels, list(dict.fromkeys(axis.display)), CAPTURE_OK)
         text = ", ".join(f"{v} {s.text()}" for v, s in shares)
         print(f"capture_failure by {axis.name}: {text}")
+    machines = fleet_rows(exp, df)
+    if machines:
+        write_csv(summary_csv_rows(machines), out / "summary_by_machine.csv")
+        print(f"\n{exp.spec.name}: per machine (over every other axis; also summary_by_machine.csv)")
+        print(format_table(machines))
     return rows
+
+
+def fleet_rows(exp: Experiment, df: Any) -> list[dict[str, Any]]:
+    """A fleet's summary per machine, over every other axis: its model file,
+    runs, capture-failure share and the share of each outcome seen."""
+    fleet = next((a for a in exp.axes if a.source == "models"), None)
+    if fleet is None:
+        return []
+    seen = [o for o in OUTCOMES if (df["outcome"] == o).any()]
+    out = []
+    for value, model in zip(fleet.display, exp.models):
+        these = df[df[fleet.name] == value]
+        failed = int((~these["outcome"].isin(list(CAPTURE_OK))).sum())
+        row: dict[str, Any] = {fleet.name: value, "model": model.ref, "runs": len(these),
+                               "capture_failure": Share(failed, len(these))}
+        row.update({o: Share(int((these["outcome"] == o).sum()), len(these)) for o in seen})
+        out.append(row)
+    return out
 
 
 def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: Any) -> dict:
@@ -397,6 +423,7 @@ def _manifest(exp: Experiment, out: Path, opts: Options, started: str, **extra: 
         "experiment_sha256": exp.sha256,
         "name": exp.spec.name,
         "model": exp.model_ref,
+        "models": [m.ref for m in exp.models],
         "master_seed": exp.spec.seed,
         "replicates": exp.spec.replicates,
         "points": len(exp.points),

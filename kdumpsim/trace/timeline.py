@@ -51,7 +51,8 @@ DMA_KINDS = frozenset({"dma_buffers_mapped", "dma_write", "dma_fault", "dma_to_n
                        "no_driver_in_capture_kernel", "driver_init_without_reset"})
 # Events that mean the capture path itself went wrong.
 ALARM_KINDS = frozenset({"purgatory_mismatch", "capture_kernel_corrupted", "vmcore_init_failed",
-                         "nmi_timeout", "nmi_blocked", "nmi_lost"})
+                         "nmi_timeout", "nmi_blocked", "nmi_lost", "capture_kernel_crashed", "capture_oom",
+                         "dma_into_capture_memory"})
 
 
 # ------------------------------------------------------------------ model
@@ -143,7 +144,7 @@ def build_timeline(events: list[Event]) -> Timeline:
     phases = {e.kind: e.time for e in events if e.kind in (
         "panic", "nmi_shootdown_done", "machine_kexec", "purgatory_start", "purgatory_end", "capture_boot_start",
         "vmcore_init", "capture_boot_end", "dump_start", "dump_end", "purgatory_mismatch",
-        "capture_kernel_corrupted")}
+        "capture_kernel_corrupted", "capture_kernel_crashed", "capture_oom")}
     return Timeline(tracks, start, end, panic, panic_ev.actor if panic_ev else None, phases)
 
 
@@ -226,10 +227,14 @@ def _capture_track(evs: list[Event], end: int) -> Track:
     boot = _first(evs, "capture_boot_start")
     if boot is None:
         return t
-    booted = _first(evs, "capture_boot_end", "capture_kernel_corrupted")
+    booted = _first(evs, "capture_boot_end", "capture_kernel_corrupted", "capture_kernel_crashed", "capture_oom")
     t.spans.append(Span(boot.time, booted.time if booted else end, "capture kernel boot", "boot"))
     if _first(evs, "capture_kernel_corrupted"):
         t.note = "corrupted: no dump"
+    elif _first(evs, "capture_kernel_crashed"):
+        t.note = "crashed (DMA into its memory): no dump"
+    elif _first(evs, "capture_oom"):
+        t.note = "out of memory: no dump"
     elif _first(evs, "vmcore_init_failed"):
         t.note = "no /proc/vmcore"
     copy = _first(evs, "dump_start")
@@ -419,7 +424,9 @@ PHASE_BANDS = (("panic", "nmi_shootdown_done", "NMI round", "#6b1d1d"),
 PHASE_MARKS = {"iommu_init": ("IOMMU init", "D", "#0072B2"), "driver_probe": ("driver probe", "^", "#009E73"),
                "vmcore_init": ("vmcore init", "o", "#555555"),
                "purgatory_mismatch": ("sha256 mismatch", "*", "#CC79A7"),
-               "capture_kernel_corrupted": ("capture kernel corrupted", "*", "#CC79A7")}
+               "capture_kernel_corrupted": ("capture kernel corrupted", "*", "#CC79A7"),
+               "capture_kernel_crashed": ("capture kernel crashed", "*", "#0072B2"),
+               "capture_oom": ("capture kernel out of memory", "*", "#000000")}
 MAX_DMA_ROWS = 16      # DMA engines drawn one to a row; the rest share one row (_dma_rows)
 GANTT_WIDTH = 7.0      # inches: a page's width, at GANTT_DPI
 GANTT_DPI = 150
