@@ -137,6 +137,17 @@ def test_validate_states_the_minimum_and_says_too_small():
     assert "needs at least crashkernel=" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
+def test_the_stated_minimum_is_where_runs_stop_running_out_of_memory():
+    """validate's minimum at a fixed address: that size runs, 1M less is capture_oom."""
+    import re
+    out = _validate("kexec.crashkernel=256M@1G").stdout
+    least = int(re.search(r"minimum    crashkernel=(\d+)M", out).group(1))
+    assert 96 < least < 256
+    at_least = simulate(load_model(MODEL, [f"kexec.crashkernel={least}M@1G", "devices=[]"]), 1)
+    below = simulate(load_model(MODEL, [f"kexec.crashkernel={least - 1}M@1G", "devices=[]"]), 1)
+    assert at_least.outcome == "ok" and below.outcome == "capture_oom"
+
+
 @pytest.mark.parametrize("collector", ["dd", "makedumpfile"])
 def test_the_need_takes_the_collector(collector):
     from kdumpsim.crash.capturemem import capture_need

@@ -219,6 +219,18 @@ def check_no_dma_after_the_device_stopped(run: CrashRun) -> None:
         assert stopped.get(eng.name) == eng.stopped_at
 
 
+def check_makedumpfile_order(run: CrashRun) -> None:
+    """makedumpfile: struct pages first, then the kept pages in pfn order, each once."""
+    copy_ = run.copy
+    pfns = sorted({(c.origin + off) // 4096 for c in run.vmcore.chunks for off in range(0, c.size, 1 << 24)})
+    kept = [p for p in pfns if copy_.read_by_makedumpfile(p)]
+    times = [copy_.page_read_time(p) for p in kept]
+    assert times == sorted(times) and len(set(times)) == len(times), "kept pages not read once each in pfn order"
+    assert all(copy_.cycles[0].pages_start <= t < copy_.end for t in times)
+    assert all(copy_.start <= copy_.memmap_read_time(p) < copy_.cycle_of(p).pages_start for p in pfns)
+    assert run.phase["dump_end"] == copy_.end
+
+
 def check_dump_copy_reads_each_byte_once(run: CrashRun) -> None:
     if run.copy is None:
         assert "dump_start" not in {e.kind for e in run.trace}
@@ -230,6 +242,9 @@ def check_dump_copy_reads_each_byte_once(run: CrashRun) -> None:
     for a, b in zip(chunks, chunks[1:]):
         assert a.offset + a.size <= b.offset, f"file chunks overlap: {a} {b}"
     assert not chunks or chunks[-1].offset + chunks[-1].size <= v.size
+    if copy_.collector == "makedumpfile":
+        check_makedumpfile_order(run)
+        return
     offsets = sorted({0, v.size, *(c.offset for c in chunks), *(c.offset + c.size for c in chunks)})
     times = [copy_.read_time(o) for o in offsets]
     assert times == sorted(times) and times[0] == copy_.start, "read time not monotonic in the file offset"

@@ -181,6 +181,9 @@ def _run_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--trace", metavar="OUT.jsonl", help="write every event, one JSON object per line")
     a.add_argument("--vmcore", metavar="OUT.vmcore", help="write /proc/vmcore as the capture kernel's copy read it")
     a.add_argument("--oldmem", metavar="OUT.raw", help="write the /dev/oldmem raw view (sparse file)")
+    a.add_argument("--dumpfile", metavar="OUT", help="write what the collector writes: makedumpfile -E's filtered "
+                                                     "ELF (capture.collector makedumpfile), or /proc/vmcore as dd "
+                                                     "copied it")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a.add_argument("--json", action="store_true", help="print the run report as JSON on stdout instead of the "
                                                          "text summary (what --report writes)")
@@ -274,6 +277,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_free_space(args.vmcore, ram, "vmcore (about the model's RAM)")
         if not args.quiet:
             print(f"vmcore: up to {_gib(ram)} (the model's RAM) will be written to {args.vmcore}", file=sys.stderr)
+    if args.dumpfile:
+        check_free_space(args.dumpfile, ram, "dump file (at most about the model's RAM)")
     if args.oldmem:         # sparse: holes take no space, RAM does
         check_free_space(args.oldmem, ram, "oldmem file (the model's RAM; holes are sparse)")
     run = simulate_checked(args.model, cfg, args.seed)
@@ -289,12 +294,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "model_file": args.model, "seed": args.seed, "overrides": args.overrides},
                                 sort_keys=True, separators=(",", ":")) + "\n")
             run.trace.write_jsonl(fh)
-    if (args.vmcore or args.oldmem) and run.vmcore is None and run.outcome in fail_on:
+    if (args.vmcore or args.oldmem or args.dumpfile) and run.vmcore is None and run.outcome in fail_on:
         print(f"kdumpsim: no vmcore to write: the run's outcome is {run.outcome}", file=sys.stderr)
-    elif args.vmcore or args.oldmem:
-        from kdumpsim.formats.vmcore import write_oldmem, write_vmcore
+    elif args.vmcore or args.oldmem or args.dumpfile:
+        from kdumpsim.formats.vmcore import write_filtered_elf, write_oldmem, write_vmcore
         if args.vmcore:
             write_vmcore(run, args.vmcore)
+        if args.dumpfile:
+            (write_filtered_elf if cfg.capture.collector == "makedumpfile" else write_vmcore)(run, args.dumpfile)
         if args.oldmem:
             write_oldmem(run, args.oldmem)
     if args.json:
@@ -329,6 +336,13 @@ def _run_summary(run, outcomes: dict[str, str]) -> str:
         per_million = (f", {ppm:.0f} per million" if ppm >= 10 else f", {ppm:.2g} per million") if changed else ""
         lines.append(f"dump       {changed} of {pages} dumped pages differ from RAM at the panic"
                      f"{per_million} (fidelity {_fidelity_text(m['dump_fidelity'])})")
+    col = m.get("collector", {})
+    if col.get("name") == "makedumpfile":
+        lines.append(f"collector  makedumpfile -d {col['dump_level']}: {col['pages_excluded']} pages excluded "
+                     f"({col['excluded_pages_hit']} of them written by DMA: no dump damage), "
+                     f"{col['struct_pages_changed']} struct pages changed before it read them")
+    elif col:
+        lines.append("collector  dd: all of /proc/vmcore in file order")
     changed_regions = [(region, r) for region, r in m["regions"].items() if r["bytes"]]
     if changed_regions:
         lines.append("changed    bytes = bytes that now differ from what they should hold; "
@@ -365,12 +379,12 @@ def _fidelity_text(f: float) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from kdumpsim.config.model import load_model
-    from kdumpsim.crash.capturemem import capture_need, planned_segments
+    from kdumpsim.crash.capturemem import capture_need, minimum_crashkernel, planned_segments
     from kdumpsim.kexec import load_capture_kernel
     from kdumpsim.machine.crashkernel import parse_crashkernel
     from kdumpsim.machine.layout import Machine
     cfg = load_model(args.model, args.overrides)
-    collector = getattr(getattr(cfg, "capture", None), "collector", "dd")
+    collector = cfg.capture.collector
     modern = cfg.arch == "x86_64" and cfg.era == "modern" and cfg.design != "2004"
     try:
         m = Machine(cfg, 0)
@@ -383,8 +397,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except LayoutError:
             size = 0                 # unparseable: the error says so
         if modern and size and e.field == "kexec.crashkernel":    # the one error line also says how much it takes
-            short = capture_need(planned_segments(cfg), [(0, size)], ram, collector)
-            msg += f"; the capture kernel needs at least crashkernel={short.minimum // MiB}M to run (validate " \
+            least = minimum_crashkernel(planned_segments(cfg), ram, collector)
+            msg += f"; the capture kernel needs at least crashkernel={least // MiB}M to run (validate " \
                    "with a larger one shows the breakdown)"
         raise ConfigError(args.model, e.field, msg) from None
     reserved = sum(e - s for s, e in m.reservation.spans)
@@ -398,8 +412,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"needs      at least {need / 2**20:.1f}M for the segments ({parts})"
           + ("" if modern else "; the capture kernel's own memory at run time is modelled for modern x86_64 only"))
     if modern:
-        cneed = capture_need({s.name: s.memsz for s in image.segments}, m.reservation.spans, m.ram_total, collector)
-        for line in cneed.describe(reserved):
+        segs = {s.name: s.memsz for s in image.segments}
+        cneed = capture_need(segs, m.reservation.spans, m.ram_total, collector)
+        at_least = (minimum_crashkernel(segs, m.ram_total, collector, m.reservation.spans[0][0])
+                    if len(m.reservation.spans) == 1 else None)     # ,high: the two regions' own need
+        for line in cneed.describe(reserved, at_least):
             print(line)
     print(f"timing profile {cfg.timing.profile}" + (" (assumptions within the published 4.6-6.5 s capture-service "
                                                      "start)" if cfg.timing.profile == "server" else

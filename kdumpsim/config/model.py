@@ -410,6 +410,17 @@ class KexecSpec(Strict):
     crashkernel_low: Size | None = None
 
 
+class CaptureSpec(Strict):
+    """The dump collector the capture kernel's kdump service runs (docs/SOURCES.md
+    "makedumpfile as the collector"). None: the era's default, filled by
+    _fill_era_defaults: makedumpfile for modern x86_64 (RHEL's
+    DEFAULT_CORE_COLLECTOR "makedumpfile -l --message-level 1 -d 31", Debian
+    kdump-tools), dd for the 2005 era (makedumpfile's first release is 2006;
+    the paper's kdump copied /proc/vmcore with cp)."""
+    collector: Literal["dd", "makedumpfile"] | None = None
+    dump_level: Annotated[int, Field(ge=0, le=31)] = 31     # makedumpfile -d: zero|cache|cache_private|user|free
+
+
 def _version_text(v: Any) -> Any:
     """A kernel version written as a bare YAML number (version: 4.18) is text."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -530,6 +541,7 @@ class ModelConfig(Strict):
     cpus: CpuSpec
     memory: MemorySpec
     kexec: KexecSpec = Field(default_factory=KexecSpec)
+    capture: CaptureSpec = Field(default_factory=CaptureSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
     kernel: KernelSpec = Field(default_factory=KernelSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
@@ -553,6 +565,8 @@ def _fill_era_defaults(m: ModelConfig) -> None:
         k.method = "kexec_file_load" if modern and m.arch == "x86_64" and m.design == "2005" else "kexec_load"
     if t.sha256_rate is None:
         t.sha256_rate = parse_rate(D.PURGATORY_SHA256_RATE_MODERN if modern else D.PURGATORY_SHA256_RATE_2005)
+    if m.capture.collector is None:
+        m.capture.collector = "makedumpfile" if has_kernel_structs(m) else "dd"
     if t.dump_throughput is None:
         t.dump_throughput = parse_rate(D.DUMP_THROUGHPUT_MODERN if modern else D.DUMP_THROUGHPUT_2005)
     if topo.apic_bus_latency is None:
@@ -563,6 +577,12 @@ def _fill_era_defaults(m: ModelConfig) -> None:
     for bus in topo.buses:
         if bus.bandwidth is None:
             bus.bandwidth = parse_rate(D.PCI_BANDWIDTH if bus.kind == "pci" else D.PCIE_X4_BANDWIDTH)
+
+
+def has_kernel_structs(m: ModelConfig) -> bool:
+    """The model simulates the first kernel's mem_map, page tables and log
+    (kdumpsim.firstkernel.mm; Machine builds them under the same condition)."""
+    return m.arch == "x86_64" and m.era == "modern" and m.design != "2004"
 
 
 class _FieldError(ValueError):
@@ -632,6 +652,9 @@ def _check_consistency(m: ModelConfig) -> None:
             raise _FieldError(f"devices.{i}.placement.mode", "CMA holds movable pages only: short-term pinned "
                                                              "user pages of storage I/O (kind: storage) with "
                                                              "kexec.crashkernel_cma set")
+    if m.capture.collector == "makedumpfile" and not has_kernel_structs(m):
+        raise _FieldError("capture.collector", "makedumpfile reads the first kernel's mem_map through VMCOREINFO, "
+                                               "simulated for modern x86_64 models only; use collector: dd")
     k = m.kexec
     if k.capture_kernel_image is not None:
         if m.era != "modern" or m.arch != "x86_64":

@@ -1,44 +1,32 @@
 """The capture kernel: boot inside the reservation, stop old DMA as drivers
 probe, set up /proc/vmcore, then the dump copy (paper 4.4, 4.5).
 
-Times are counted from purgatory's jump. The copy reads /proc/vmcore in file
-order at the dump throughput, so file offset `o` is read at
-`dump_start + o / throughput`: a page DMA changed before that instant shows
-the change in the dump. The copy is not one event per page: the read time of
-any page follows from its offset (see `VmcoreCopy.read_time`).
+Times are counted from purgatory's jump. The collector (capture.collector,
+kdumpsim.crash.collector) reads /proc/vmcore: `dd` in file order at the dump
+throughput, makedumpfile mem_map first, then the pages it keeps. A page DMA
+changed before its read time shows the change in the dump. The copy is not
+one event per page: the read time of any page follows from its offset (see
+`read_time` of VmcoreCopy / MakedumpfileCopy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.crash.capturemem import CaptureMemory
+from kdumpsim.crash.collector import MakedumpfileCopy, VmcoreCopy
 from kdumpsim.crash.dma import wait_until
 from kdumpsim.crash.integrity import changed_segments
 from kdumpsim.crash.procvmcore import VmcoreInitError, layout_2004, vmcore_init
 from kdumpsim.formats.vmcorefile import VmcoreLayout
 from kdumpsim.names import CAPTURE, IOMMU
-from kdumpsim.units import NS_PER_S, transfer_ns
+
+PAGE = D.PAGE_SIZE
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
-
-
-@dataclass(frozen=True)
-class VmcoreCopy:
-    layout: VmcoreLayout
-    start: int            # ns
-    throughput: float     # bytes/s
-
-    def read_time(self, offset: int) -> int:
-        return self.start + offset * NS_PER_S // int(self.throughput)
-
-    @property
-    def end(self) -> int:
-        return self.start + transfer_ns(self.layout.size, self.throughput)
 
 
 def capture_kernel(run: CrashRun) -> Generator:
@@ -65,7 +53,18 @@ def capture_kernel(run: CrashRun) -> Generator:
     yield env.timeout(t.dump_start_delay)
     if run.capture_stopped or (mem is not None and not mem.dump_start(run.vmcore.size)):
         return
-    copy = VmcoreCopy(run.vmcore, env.now, t.dump_throughput)
+    if run.machine.cfg.capture.collector == "makedumpfile":
+        yield from _makedumpfile(run)
+    else:
+        yield from _dd(run)
+    if mem is not None:
+        mem.dump_end()
+
+
+def _dd(run: CrashRun) -> Generator:
+    """dd of /proc/vmcore: every byte in file order at the dump throughput."""
+    env = run.env
+    copy = VmcoreCopy(run.vmcore, env.now, run.timing.dump_throughput)
     run.copy = copy
     run.mark("dump_start", CAPTURE, bytes=run.vmcore.size)
     for chunk in run.vmcore.chunks:      # one event per PT_LOAD, for the timeline
@@ -73,8 +72,6 @@ def capture_kernel(run: CrashRun) -> Generator:
         run.trace(env.now, CAPTURE, "dump_copy_segment", paddr=chunk.paddr, bytes=chunk.size)
     yield env.timeout(max(0, copy.end - env.now))
     run.mark("dump_end", CAPTURE, bytes=run.vmcore.size)
-    if mem is not None:
-        mem.dump_end()
 
 
 def _capture_memory(run: CrashRun, jump: int) -> CaptureMemory | None:
@@ -83,8 +80,7 @@ def _capture_memory(run: CrashRun, jump: int) -> CaptureMemory | None:
     cfg = run.machine.cfg
     if cfg.arch != "x86_64" or cfg.era != "modern" or cfg.design == "2004":
         return None
-    collector = getattr(getattr(cfg, "capture", None), "collector", "dd")
-    return CaptureMemory(run, jump, collector)
+    return CaptureMemory(run, jump, cfg.capture.collector)
 
 
 def _segments_changed_before_use(run: CrashRun, mem: CaptureMemory | None) -> dict[str, int]:
@@ -97,6 +93,25 @@ def _segments_changed_before_use(run: CrashRun, mem: CaptureMemory | None) -> di
         at = run.env.now if mem is None else min(run.env.now, mem.consumed_at(name))
         out.update(changed_segments(run, (name,), at))
     return out
+
+
+def _makedumpfile(run: CrashRun) -> Generator:
+    """makedumpfile -d N: per cycle, mem_map (the keep decision is made as DMA
+    left the struct pages when they were read), then the kept pages."""
+    env, cap = run.env, run.machine.cfg.capture
+    copy = MakedumpfileCopy(run.vmcore, env.now, run.timing.dump_throughput, run.machine.kernel_structs,
+                            run.machine.memory, cap.dump_level)
+    run.copy = copy
+    run.mark("dump_start", CAPTURE, bytes=run.vmcore.size, collector="makedumpfile", dump_level=cap.dump_level)
+    yield env.timeout(copy.count_pass_end - env.now)
+    for c in copy.cycles:
+        copy.begin(c, env.now)
+        yield env.timeout(c.pages_start - env.now)
+        copy.decide(c)
+        run.trace(env.now, CAPTURE, "makedumpfile_bitmap", first_pfn=c.lo, end_pfn=c.hi,
+                  pages=c.prefix[-1], struct_pages_changed=copy.struct_pages_changed)
+        yield env.timeout(copy.cycle_end(c) - env.now)
+    run.mark("dump_end", CAPTURE, bytes=copy.pages_read() * PAGE)
 
 
 def _iommu_init(run: CrashRun, at: int) -> Generator:

@@ -100,12 +100,20 @@ class Need:
     parts: dict[str, int]
     low: int              # what must be in the low region (swiotlb)
     boot: int             # the segments kexec loads (the peak while decompressing in place)
+    initrd: int = 0       # the loaded initrd: still held while populate_rootfs unpacks it
 
     @property
     def run(self) -> int:
         return sum(self.parts.values())
 
-    def describe(self, reservation: int) -> list[str]:
+    @property
+    def peak(self) -> int:
+        """The most in use at once: during the unpack the initrd is still loaded (it is
+        freed after), and the driver allocations and the dump tool come after that."""
+        later = DRIVER_RUNTIME + self.parts["dump_tool"]
+        return self.run - later + max(self.initrd, later)
+
+    def describe(self, reservation: int, minimum: int | None = None) -> list[str]:
         """validate's lines: the breakdown, the minimum, and whether `reservation` holds it."""
         mib = lambda n: f"{n / MiB:.1f}M"  # noqa: E731
         p = self.parts
@@ -114,15 +122,16 @@ class Need:
                  f"(mem_map, early memblock, slab and drivers{', swiotlb' if self.low else ''}: partly assumption), "
                  f"dump tool {mib(p['dump_tool'])}, elfcorehdr/other segments {mib(p['segments'])}; "
                  f"the segments kexec loads {mib(self.boot)}"]
-        verdict = ("ok" if reservation >= self.minimum else
+        minimum = self.minimum if minimum is None else minimum
+        verdict = ("ok" if reservation >= minimum else
                    "TOO SMALL: the capture kernel runs out of memory (outcome capture_oom) or kexec refuses it")
-        lines.append(f"minimum    crashkernel={self.minimum // MiB}M (this model reserves {reservation // MiB}M): {verdict}")
+        lines.append(f"minimum    crashkernel={minimum // MiB}M (this model reserves {reservation // MiB}M): {verdict}")
         return lines
 
     @property
     def minimum(self) -> int:
         """The smallest crashkernel= (MiB-rounded) that holds both the boot and the run."""
-        return align_up(max(self.boot, self.run - self.low), MiB)
+        return align_up(max(self.boot, self.peak - self.low), MiB)
 
 
 def planned_segments(cfg: ModelConfig) -> dict[str, int]:
@@ -149,7 +158,16 @@ def capture_need(segs: dict[str, int], spans: list[tuple[int, int]], ram_total: 
         "dump_tool": dump_tool_memory(collector, ram_total),
         "segments": kept,
     }
-    return Need(parts, low, sum(segs.values()))
+    return Need(parts, low, sum(segs.values()), initrd)
+
+
+def minimum_crashkernel(segs: dict[str, int], ram_total: int, collector: str = "dd", at: int = 0) -> int:
+    """The smallest crashkernel= (MiB-rounded) at `at` that holds its own need: the
+    need grows with the reservation (its mem_map), so this is the fixed point."""
+    size = MiB
+    while (need := capture_need(segs, [(at, at + size)], ram_total, collector).minimum) > size:
+        size = need
+    return size
 
 
 @dataclass(frozen=True)
@@ -217,7 +235,7 @@ class CaptureMemory:
         for first, n in slots:
             if k < n:
                 addr = first + k * KASLR_ALIGN
-                self.free.remove(addr, addr + size)
+                self.free.remove(addr, addr + self.need.parts["kernel"])   # the slot's tail past _end stays free
                 return addr
             k -= n
         raise AssertionError("unreachable")

@@ -99,6 +99,69 @@ def _stream(run: CrashRun, fh: IO[bytes]) -> int:
     return v.size
 
 
+PFN_EXCLUDED = 256      # makedumpfile.h: a run of fewer excluded pages stays in its PT_LOAD
+
+
+def write_filtered_elf(run: CrashRun, path: str | os.PathLike) -> int:
+    """What `makedumpfile -E -d N` writes (makedumpfile.c write_elf_pages_cyclic,
+    docs/SOURCES.md §15): the notes, then per /proc/vmcore PT_LOAD the pages
+    makedumpfile keeps; a run of PFN_EXCLUDED or more excluded pages is left
+    out (the PT_LOAD ends, its p_memsz covering them, a new one starts), a
+    shorter run is written as it is. Each page as makedumpfile read it."""
+    _need(run)
+    from kdumpsim.formats import elf
+    v, copy = run.vmcore, run.copy
+    lay = elf.layout_for(v.elfclass)
+    pieces = []          # (orig chunk, paddr, memsz, filesz, vaddr)
+    loads = [p for p in v.phdrs if p.p_type == elf.PT_LOAD]
+    for ph, chunk in zip(loads, v.chunks):
+        pieces += _filtered_loads(copy, ph, chunk)
+    phnum = 1 + len(pieces)
+    notes_off = lay.ehdr_size + phnum * lay.phdr_size
+    offset = -(-(notes_off + len(v.notes)) // PAGE) * PAGE
+    phdrs = [elf.Phdr(elf.PT_NOTE, 0, notes_off, 0, 0, len(v.notes), len(v.notes), 0)]
+    for _, paddr, memsz, filesz, vaddr in pieces:
+        phdrs.append(elf.Phdr(elf.PT_LOAD, elf.PF_R | elf.PF_W | elf.PF_X, offset if filesz else 0,
+                              vaddr, paddr, filesz, memsz, 0))
+        offset += filesz
+    with atomic_write(path) as fh:
+        fh.write(lay.pack_ehdr(v.e_machine, phnum) + b"".join(lay.pack_phdr(p) for p in phdrs) + v.notes)
+        fh.write(bytes(-(-(notes_off + len(v.notes)) // PAGE) * PAGE - notes_off - len(v.notes)))
+        for chunk, paddr, _, filesz, _ in pieces:
+            if filesz:
+                piece = Chunk(chunk.offset + paddr - chunk.origin, chunk.paddr + paddr - chunk.origin, filesz, paddr)
+                for block in iter_chunk(run, piece, copy.read_time):
+                    fh.write(block)
+    return offset
+
+
+def _filtered_loads(copy, ph, chunk: Chunk) -> list[tuple[Chunk, int, int, int, int]]:
+    """write_elf_pages_cyclic's PT_LOADs for one input PT_LOAD (page units; the
+    last page may be partial)."""
+    start, end = ph.p_paddr, ph.p_paddr + ph.p_memsz
+    first, last = start // PAGE, -(-end // PAGE)
+    keep = copy.dumpable(first, last)
+    out = []
+    seg, memsz, filesz, excluded = start, 0, 0, 0
+    for i, k in enumerate(keep):
+        size = min(end, (first + i + 1) * PAGE) - max(start, (first + i) * PAGE)
+        if not k:
+            excluded += 1
+            memsz += size
+            continue
+        if excluded and excluded >= PFN_EXCLUDED:
+            out.append((chunk, seg, memsz, filesz, ph.p_vaddr + seg - start if ph.p_vaddr else 0))
+            seg = seg + memsz
+            memsz, filesz = 0, 0
+        elif excluded:
+            filesz = memsz
+        excluded = 0
+        memsz += size
+        filesz += size
+    out.append((chunk, seg, memsz, filesz, ph.p_vaddr + seg - start if ph.p_vaddr else 0))
+    return out
+
+
 def write_oldmem(run: CrashRun, path: str | os.PathLike) -> int:
     """/dev/oldmem: old memory linearly, file offset = physical address, holes
     left sparse. Each page is as the vmcore copy read it (pages the vmcore

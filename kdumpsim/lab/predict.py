@@ -225,6 +225,7 @@ def export_model(result: dict, run_record: dict | None = None, profile: dict[str
         # the lab loads with `kexec -p` of kexec-tools 2.0.25: the kexec_load path
         "kexec": {"crashkernel": f"{_size(ck_end - ck_start)}@{ck_start:#x}", "method": "kexec_load",
                   "initrd_size": LAB_CAPTURE_INITRD},
+        "capture": {"collector": "dd"},          # the lab's kdump copies /proc/vmcore with dd
         "kernel": model_kernel,
         "timing": timing_block,
         "devices": [dev],

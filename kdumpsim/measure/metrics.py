@@ -79,15 +79,23 @@ def _chunk_units(run: CrashRun, chunk: Any, origin: int) -> Iterator[tuple[int, 
             yield chunk.offset + off, chunk.paddr + off, origin + off
 
 
-def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
-    """(dumped RAM tally, backup-region tally, dumped units) for the copy that ran."""
+def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
+    """(dumped RAM tally, backup-region tally, dumped units, excluded pages DMA
+    wrote) for the copy that ran. A page the collector left out of the dump
+    (makedumpfile: free, cache, user, zero) is no dump damage whatever DMA did to it."""
     ram, backup = Tally(), Tally()
     v, copy, mem = run.vmcore, run.copy, run.machine.memory
     units = sum(-(-c.size // PAGE) for c in v.chunks)
+    if copy.collector == "makedumpfile":
+        units = copy.pages_read() - copy.zero_pages()
+    excluded_hit = 0
     for chunk in v.chunks:
         origin = chunk.origin
         tally = ram if origin == chunk.paddr else backup
         for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+            if not copy.kept(offset):
+                excluded_hit += bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62))
+                continue
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
             when = copy.read_time(offset)
             got = mem.read(src, n, when)
@@ -97,7 +105,7 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
             deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
                       for d in device_deltas(run, p, 0, when)]
             tally.add(diff_bytes(got, want), deltas)
-    return ram, backup, units
+    return ram, backup, units, excluded_hit
 
 
 def dma_hits(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
@@ -140,9 +148,9 @@ def finish(run: CrashRun) -> None:
             at = min(at, run.capture_mem.consumed_at(name))     # consumed then; later writes hit free memory
         regions[name] = segment_corruption(run, name, at).as_dict()
     saved = notes_in_dump(run)
-    dumped_units = 0
+    dumped_units, excluded_hit = 0, 0
     if run.copy is not None:
-        ram, backup, dumped_units = dump_corruption(run)
+        ram, backup, dumped_units, excluded_hit = dump_corruption(run)
         regions["dumped_backup"], regions["dumped_ram"] = backup.as_dict(), ram.as_dict()
     bad_pages = regions.get("dumped_ram", {}).get("pages", 0) + regions.get("dumped_backup", {}).get("pages", 0)
     missing = missing_cpus(run, saved)
@@ -161,6 +169,7 @@ def finish(run: CrashRun) -> None:
         "dump_pages": dumped_units,
         "dump_pages_corrupted": bad_pages,
         "dump_fidelity": (1 - bad_pages / dumped_units) if dumped_units else None,
+        "collector": collector_metrics(run, excluded_hit),
         "dma_hits": dma_hits(run),
         # The CMA area is the capture kernel's RAM from the jump on: what landed there since.
         "cma_bytes_after_jump": (sum(dma_hits(run, jump).get(CMA, {}).values())
@@ -175,6 +184,22 @@ def finish(run: CrashRun) -> None:
         "phase_ns": dict(run.phase),
         "end_ns": end,
     }
+
+
+def collector_metrics(run: CrashRun, excluded_hit: int) -> dict[str, Any]:
+    """Which collector ran and what its filtering did (kdumpsim.crash.collector):
+    pages it left out, DMA-written pages among them (no dump damage), and
+    struct pages DMA changed before makedumpfile read them (which pages it kept)."""
+    cap = run.machine.cfg.capture
+    out: dict[str, Any] = {"name": cap.collector, "dump_level": cap.dump_level if cap.collector == "makedumpfile" else None,
+                           "pages_excluded": 0, "excluded_pages_hit": excluded_hit,
+                           "struct_pages_changed": 0, "keep_set_changed": 0}
+    copy = run.copy
+    if copy is not None and copy.collector == "makedumpfile":
+        dumped = copy.in_segs(0, copy.spans[-1][1]) if copy.spans else 0
+        out.update(pages_excluded=int(dumped - copy.pages_read() + copy.zero_pages()),
+                   struct_pages_changed=copy.struct_pages_changed, keep_set_changed=copy.keep_set_changed())
+    return out
 
 
 def _outcome(run: CrashRun, missing: list[int], bad_pages: int) -> str:

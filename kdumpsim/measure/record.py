@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdumpsim.crash.capturemem import DUMP_KINDS
 from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
+from kdumpsim.measure.verdict import VERDICT_COLUMNS, verdict_record
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
@@ -30,7 +31,10 @@ RECORD_COLUMNS = ("outcome", "kexec_method", "detected", "mechanisms", "dma_stop
                   "cpus_never_answered", "cpus_note_overwritten", "corrupted_bytes", "dump_pages",
                   "dump_pages_corrupted", "dump_fidelity", "dma_bytes_after_panic", "cma_bytes_after_jump", "cma_hit_after_jump",
                   "capture_memory_hit", "dump_file_corrupted_bytes",
-                  "reservation_start", "reservation_end") + ANALYSIS_COLUMNS
+                  "reservation_start", "reservation_end",
+                  # the collector (kdumpsim.crash.collector) and what its filtering did
+                  "collector", "dump_level", "pages_excluded", "excluded_pages_hit", "struct_pages_changed",
+                  "keep_set_changed") + VERDICT_COLUMNS + ANALYSIS_COLUMNS
 # Per-region bytes, per-region DMA hits, per-phase times (seconds).
 RECORD_PREFIXES = ("corrupted_bytes_", "dma_hit_bytes_", "t_")
 
@@ -61,6 +65,9 @@ def run_record(run: CrashRun) -> dict[str, Any]:
         "dump_file_corrupted_bytes": sum(n for k, n in m["capture_memory_hits"].items() if k in DUMP_KINDS),
         "reservation_start": machine.reservation.start,
         "reservation_end": machine.reservation.end,
+        **{c: v for c, v in m["collector"].items() if c != "name"},
+        "collector": m["collector"]["name"],
+        **verdict_record(run),
     }
     for region, r in m["regions"].items():
         row[f"corrupted_bytes_{region}"] = r["bytes"]

@@ -66,6 +66,7 @@ def _vmcore_summary(run: CrashRun) -> dict[str, Any] | None:
             "notes_bytes": len(v.notes),
             "loads": [{"offset": p.p_offset, "paddr": p.p_paddr, "vaddr": p.p_vaddr, "size": p.p_memsz}
                       for p in v.phdrs[1:]],
+            "collector": run.machine.cfg.capture.collector,
             "dump_start_ns": run.copy.start if run.copy else None,
             "throughput": run.copy.throughput if run.copy else None}
 
@@ -108,6 +109,9 @@ def assumptions(run: CrashRun) -> list[str]:
         if (cfg.kernel.version or "") == "6.6":
             out.append("kernel 6.6: the first kernel's structures are simulated as 6.1's; the elfcorehdr is sized "
                        "for NR_CPUS_DEFAULT=8192 (MAXSMP) and CRASH_MAX_MEMORY_RANGES=8192")
+    if cfg.capture.collector == "makedumpfile":
+        out.append(f"makedumpfile -l -d {cfg.capture.dump_level}: reads mem_map and the pages it keeps at the "
+                   "dump throughput (dd's per-byte rate); compression and writing overlap the reads")
     if run.machine.era == "2005" and "nic_rx_ring" in kinds:
         out.append("2.6.13 e1000 RX buffers: one slab object per page")
     return out

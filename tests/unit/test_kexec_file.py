@@ -148,7 +148,7 @@ def test_kexec_file_needs_the_reservation_to_hold_the_segments(small_modern):
     from kdumpsim.errors import LayoutError
     with pytest.raises(LayoutError, match="too small"):
         # init_size + initrd fit in 92M, but not with the 2 MiB-aligned kernel and the small segments
-        _image(small_modern("kexec.crashkernel=92M@512M"))
+        _image(small_modern("kexec.crashkernel=92M@512M", "kexec.initrd_size=28M"))
     assert 92 * MiB > D.CAPTURE_KERNEL_INIT_SIZE_MODERN + D.INITRD_SIZE_MODERN
 
 

@@ -1,0 +1,369 @@
+"""The dump collector: what reads /proc/vmcore, in which order, and what it keeps.
+
+    dd             every file byte in file order at the dump throughput (VmcoreCopy)
+    makedumpfile   -d DUMP_LEVEL: reads mem_map first, then only the kept pages,
+                   in page-frame order (MakedumpfileCopy)
+
+makedumpfile (docs/SOURCES.md §15; makedumpfile.c
+create_dump_bitmap, create_2nd_bitmap, __exclude_unnecessary_pages,
+write_kdump_pages_and_bitmap_cyclic, calculate_cyclic_buffer_size):
+- the bitmaps of max_mapnr pfns fit its 4 MiB cyclic buffer up to 16 Mi pfns
+  (64 GiB): one pass. Above, it works cycle by cycle (4 MiB * 8 pfns each),
+  after a first pass over all of mem_map to count the dumpable pages.
+- per cycle it reads the struct pages of every pfn in the PT_LOADs, in pfn
+  order, and excludes free (buddy), cache, cache-private and user pages by
+  the dump level; then it reads the remaining pages in pfn order and writes
+  them (kdump-compressed, -l): a page read as all zeros is written as the
+  one shared zero page (-d bit 1), so zero pages are read but not kept.
+- cost: the struct page bytes and the pages it reads, at the model's dump
+  throughput (assumption: makedumpfile's per-byte /proc/vmcore read cost is
+  the same as dd's; compressing and writing overlap the reads).
+
+A page makedumpfile excludes is not in the dump: DMA into it is not dump
+damage. DMA into mem_map before makedumpfile reads it changes which pages
+it keeps.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kdumpsim import defaults as D
+from kdumpsim.firstkernel import mm as FK
+from kdumpsim.formats.vmcorefile import VmcoreLayout
+from kdumpsim.units import NS_PER_S, transfer_ns
+
+if TYPE_CHECKING:
+    from kdumpsim.firstkernel.mm import FirstKernel
+    from kdumpsim.machine.ram import PhysicalMemory
+
+PAGE = D.PAGE_SIZE
+SPAGE = D.STRUCT_PAGE_SIZE
+BLOCK = FK.PAGES_PER_SECTION                  # pfns per kept-count block (one section)
+
+# makedumpfile.h dump level bits
+DL_EXCLUDE_ZERO, DL_EXCLUDE_CACHE, DL_EXCLUDE_CACHE_PRI, DL_EXCLUDE_USER_DATA, DL_EXCLUDE_FREE = 1, 2, 4, 8, 16
+CYCLIC_BUFFER_MAX = 4 << 20                   # calculate_cyclic_buffer_size: maximum_size
+MAX_ORDER_FREE_AREA = 11                      # ARRAY_LENGTH(zone.free_area), 6.1 (MAX_ORDER 11)
+
+
+@dataclass(frozen=True)
+class VmcoreCopy:
+    """dd: /proc/vmcore in file order; file offset o is read at start + o / throughput."""
+    layout: VmcoreLayout
+    start: int            # ns
+    throughput: float     # bytes/s
+    collector = "dd"
+
+    def read_time(self, offset: int) -> int:
+        return self.start + offset * NS_PER_S // int(self.throughput)
+
+    def kept(self, offset: int) -> bool:
+        return True
+
+    @property
+    def end(self) -> int:
+        return self.start + transfer_ns(self.layout.size, self.throughput)
+
+
+def excluded_classes(dump_level: int) -> set[int]:
+    """The page classes (kdumpsim.firstkernel.mm) whose struct page makes
+    makedumpfile exclude them at this dump level (zero pages: by content)."""
+    out = set()
+    if dump_level & DL_EXCLUDE_FREE:
+        out.add(FK.FREE)
+    if dump_level & (DL_EXCLUDE_CACHE | DL_EXCLUDE_CACHE_PRI):
+        out.add(FK.CACHE)
+    if dump_level & DL_EXCLUDE_CACHE_PRI:
+        out.add(FK.CACHE_PRIVATE)
+    if dump_level & DL_EXCLUDE_USER_DATA:
+        out.add(FK.USER)
+    return out
+
+
+def struct_page_verdict(words: tuple[int, ...], pg: dict[str, int], dump_level: int) -> tuple[bool, int]:
+    """(excluded, pages) for one struct page as read: makedumpfile's
+    __exclude_unnecessary_pages tests, in its order (page_is_buddy_v3,
+    is_cache_page, isPrivate, isAnon, isSlab). `pages`: how many pfns the
+    verdict covers (a free buddy page of order k: 2**k)."""
+    flags, compound_head, mapping, private = words[0], words[1], words[3], words[5]
+    mapcount = words[6] & 0xFFFF_FFFF
+    mapcount = mapcount - (1 << 32) if mapcount & 0x8000_0000 else mapcount
+    slab = bool(flags >> pg["slab"] & 1)
+    if compound_head & 1:                                     # a tail page: decided with its head
+        return False, 1
+    if dump_level & DL_EXCLUDE_FREE and not slab and mapcount == FK.PAGE_BUDDY_MAPCOUNT_VALUE:
+        if private >= MAX_ORDER_FREE_AREA:                    # "Invalid free page order": kept
+            return False, 1
+        return True, 1 << private
+    cache = bool(flags >> pg["lru"] & 1) or bool(flags >> pg["swapbacked"] & 1 and flags >> pg["swapcache"] & 1)
+    anon = bool(mapping & 1) and not slab
+    private_flag = bool(flags >> pg["private"] & 1)
+    if dump_level & DL_EXCLUDE_CACHE and cache and not private_flag and not anon:
+        return True, 1
+    if dump_level & DL_EXCLUDE_CACHE_PRI and cache and not anon:
+        return True, 1
+    if dump_level & DL_EXCLUDE_USER_DATA and anon:
+        return True, 1
+    return False, 1
+
+
+@dataclass
+class _Cycle:
+    lo: int                     # pfns [lo, hi)
+    hi: int
+    memmap_start: int = 0       # ns: its struct pages are read from here
+    pages_start: int = 0        # ns: its kept pages are read from here
+    decided: bool = False
+    block_kept: dict[int, int] = field(default_factory=dict)     # block -> pages makedumpfile reads
+    zero_class: int = 0         # of those, class-zero pages (all zeros unless something wrote them)
+    prefix: list[int] = field(default_factory=list)               # kept pages before each block of the cycle
+
+
+class MakedumpfileCopy:
+    """makedumpfile -d dump_level reading /proc/vmcore (see the module doc).
+    Built when the copy starts; `decide(cycle)` runs once simulated time has
+    passed the cycle's mem_map read (the capture process calls it), so the
+    struct pages are read as DMA left them then."""
+
+    collector = "makedumpfile"
+
+    def __init__(self, layout: VmcoreLayout, start: int, throughput: float, k: FirstKernel,
+                 mem: PhysicalMemory, dump_level: int):
+        self.layout, self.start, self.throughput = layout, start, throughput
+        self.k, self.mem, self.dump_level = k, mem, dump_level
+        self._excluded_set = excluded_classes(dump_level)
+        self.excluded = np.array(sorted(self._excluded_set), dtype=np.uint8)
+        self.page_ns = PAGE * NS_PER_S / throughput
+        self.spage_ns = SPAGE * NS_PER_S / throughput
+        # The pfns makedumpfile dumps: those whose first byte is in a PT_LOAD (is_in_segs).
+        spans = sorted({(-(-c.origin // PAGE), -(-(c.origin + c.size) // PAGE)) for c in layout.chunks})
+        self.spans = _merge(spans)
+        self._span_starts = [a for a, _ in self.spans]
+        self._span_prefix = [int(x) for x in np.cumsum([0] + [b - a for a, b in self.spans])]
+        self._chunk_offsets = [c.offset for c in layout.chunks]
+        max_mapnr = self.spans[-1][1] if self.spans else 0
+        per_cycle = CYCLIC_BUFFER_MAX * 8
+        cyclic = max_mapnr * 2 > per_cycle          # both bitmaps must fit the buffer for one pass
+        step = per_cycle if cyclic else max(max_mapnr, 1)
+        self.cycles = [_Cycle(lo, min(lo + step, max_mapnr)) for lo in range(0, max_mapnr, step)]
+        self.cyclic = cyclic
+        # get_num_dumpable_cyclic: in cyclic mode all of mem_map is read once to count first.
+        self.count_pass_end = start + int(self.in_segs(0, max_mapnr) * self.spage_ns) if cyclic else start
+        self.overrides: dict[int, bool] = {}        # pfn -> excluded, where mem_map as read says otherwise
+        self.struct_pages_changed = 0
+        self._blocks: dict[int, np.ndarray] = {}    # a few blocks' kept masks (bounded cache)
+        self._zero: int | None = None
+
+    def begin(self, c: _Cycle, now: int) -> None:
+        """Cycle c starts now: its struct pages, then its pages."""
+        c.memmap_start = now
+        c.pages_start = now + int(self.in_segs(c.lo, c.hi) * self.spage_ns)
+
+    # ------------------------------------------------------------ pfns in the dump
+    def in_segs(self, lo: int, hi: int) -> int:
+        """How many dumped pfns lie in [lo, hi)."""
+        return self._rank(hi) - self._rank(lo)
+
+    def _rank(self, pfn: int) -> int:
+        i = bisect.bisect_right(self._span_starts, pfn) - 1
+        if i < 0:
+            return 0
+        a, b = self.spans[i]
+        return self._span_prefix[i] + min(pfn, b) - a
+
+    def is_dumped(self, pfn: int) -> bool:
+        i = bisect.bisect_right(self._span_starts, pfn) - 1
+        return i >= 0 and pfn < self.spans[i][1]
+
+    def cycle_of(self, pfn: int) -> _Cycle:
+        return self.cycles[min(len(self.cycles) - 1, bisect.bisect_right([c.lo for c in self.cycles], pfn) - 1)]
+
+    def memmap_read_time(self, pfn: int) -> int:
+        c = self.cycle_of(pfn)
+        return c.memmap_start + int(self.in_segs(c.lo, pfn) * self.spage_ns)
+
+    # ------------------------------------------------------------ the keep decision
+    def decide(self, c: _Cycle) -> None:
+        """Read the cycle's struct pages (as they are at their read times) and
+        count the pages makedumpfile will read, per block."""
+        self._struct_page_overrides(c)
+        self._blocks.clear()
+        for b in range(c.lo // BLOCK, -(-c.hi // BLOCK)):
+            if not self.in_segs(b * BLOCK, (b + 1) * BLOCK):
+                c.block_kept[b] = 0
+                continue
+            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
+            mask = self._kept_mask(b, cls)
+            c.block_kept[b] = int(mask.sum())
+            c.zero_class += int((mask & (cls == FK.ZERO)).sum())
+        c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
+        c.decided = True
+
+    def _struct_page_overrides(self, c: _Cycle) -> None:
+        k, mem, start = self.k, self.mem, self.k.memmap
+        if start is None:                  # FirstKernel refuses a machine without one
+            return
+        end = start + k.nsections * FK.SECTION_MEMMAP
+        sections = k.sections_array()
+        skip_until = -1
+        for mpfn in mem.touched_in(start, end):
+            for addr in range(max(start, mpfn * PAGE), min(end, (mpfn + 1) * PAGE), SPAGE):
+                idx = (addr - start) // SPAGE
+                pfn = int(sections[idx // FK.PAGES_PER_SECTION]) * FK.PAGES_PER_SECTION + idx % FK.PAGES_PER_SECTION
+                if not (c.lo <= pfn < c.hi) or not self.is_dumped(pfn) or pfn <= skip_until:
+                    continue
+                at = self.memmap_read_time(pfn)
+                seen, truth = mem.read(addr, SPAGE, at), mem.read(addr, SPAGE, 0)
+                if seen == truth:
+                    continue
+                self.struct_pages_changed += 1
+                excluded, n = struct_page_verdict(np.frombuffer(seen, "<u8").tolist(), k.pg, self.dump_level)
+                for p in range(pfn, min(pfn + n, c.hi)):
+                    if self.is_dumped(p):
+                        self.overrides[p] = excluded
+                skip_until = pfn + n - 1          # a buddy block's struct pages are not read again
+
+    def _kept_mask(self, b: int, cls: np.ndarray | None = None) -> np.ndarray:
+        """Block b's pfns makedumpfile reads (in the PT_LOADs, not excluded by struct page)."""
+        mask = self._blocks.get(b)
+        if mask is not None:
+            return mask
+        if cls is None:
+            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
+        mask = ~np.isin(cls, self.excluded)
+        inseg = np.zeros(BLOCK, dtype=bool)
+        for a, e in self.spans:
+            lo, hi = max(a, b * BLOCK), min(e, (b + 1) * BLOCK)
+            if lo < hi:
+                inseg[lo - b * BLOCK:hi - b * BLOCK] = True
+        mask &= inseg
+        for p in _range_keys(self.overrides, b * BLOCK, (b + 1) * BLOCK):
+            mask[p - b * BLOCK] = not self.overrides[p]
+        if len(self._blocks) >= 8:
+            self._blocks.pop(next(iter(self._blocks)))
+        self._blocks[b] = mask
+        return mask
+
+    def read_by_makedumpfile(self, pfn: int) -> bool:
+        """In the second bitmap: makedumpfile reads the page (zero pages included)."""
+        if not self.is_dumped(pfn):
+            return False
+        if pfn in self.overrides:
+            return not self.overrides[pfn]
+        return self.k.page_class(pfn) not in self._excluded_set
+
+    def page_read_time(self, pfn: int) -> int:
+        """When makedumpfile reads page pfn (an excluded page: when its struct page was read)."""
+        if not self.read_by_makedumpfile(pfn):
+            return self.memmap_read_time(pfn)
+        c = self.cycle_of(pfn)
+        if not c.decided:
+            self.decide(c)
+        b = pfn // BLOCK
+        blocks = sorted(c.block_kept)
+        before = c.prefix[bisect.bisect_left(blocks, b)] + int(self._kept_mask(b)[:pfn % BLOCK].sum())
+        return c.pages_start + int(before * self.page_ns)
+
+    # ------------------------------------------------------------ the VmcoreCopy interface
+    def pfn_at(self, offset: int) -> int:
+        i = bisect.bisect_right(self._chunk_offsets, offset) - 1
+        ch = self.layout.chunks[max(i, 0)]
+        return (ch.origin + offset - ch.offset) // PAGE
+
+    def read_time(self, offset: int) -> int:
+        return self.page_read_time(self.pfn_at(offset))
+
+    def kept(self, offset: int) -> bool:
+        """The page is in the dump: read, and not all zeros when read."""
+        pfn = self.pfn_at(offset)
+        if not self.read_by_makedumpfile(pfn):
+            return False
+        if not self.dump_level & DL_EXCLUDE_ZERO:
+            return True
+        return not _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
+
+    def cycle_end(self, c: _Cycle) -> int:
+        if not c.decided:
+            self.decide(c)
+        return c.pages_start + int(c.prefix[-1] * self.page_ns)
+
+    def run_all(self) -> None:
+        """Schedule and decide every cycle at once (outside a simulation: tests, tools)."""
+        t = self.count_pass_end
+        for c in self.cycles:
+            if not c.decided:
+                self.begin(c, t)
+                self.decide(c)
+            t = self.cycle_end(c)
+
+    @property
+    def end(self) -> int:
+        return self.cycle_end(self.cycles[-1]) if self.cycles else self.start
+
+    def dumpable(self, lo: int, hi: int) -> np.ndarray:
+        """In the dump pfns [lo, hi): read, and not all zeros when read (one bool a pfn)."""
+        out = np.zeros(hi - lo, dtype=bool)
+        for b in range(lo // BLOCK, -(-hi // BLOCK)):
+            a, e = max(lo, b * BLOCK), min(hi, (b + 1) * BLOCK)
+            cls = self.k.page_classes(np.arange(a, e, dtype=np.uint64))
+            mask = self._kept_mask(b)[a - b * BLOCK:e - b * BLOCK].copy()
+            if self.dump_level & DL_EXCLUDE_ZERO:
+                mask &= cls != FK.ZERO
+                for p in self.mem.touched_in(a * PAGE, e * PAGE):
+                    if self.read_by_makedumpfile(p):
+                        mask[p - a] = not _is_zero(self.mem.page(p, self.page_read_time(p)))
+            out[a - lo:e - lo] = mask
+        return out
+
+    # ------------------------------------------------------------ counts
+    def pages_read(self) -> int:
+        return int(sum(c.prefix[-1] for c in self.cycles if c.decided))
+
+    def zero_pages(self) -> int:
+        """Pages read as all zeros (written as the shared zero page): the
+        class-zero pages read, corrected for pages something wrote."""
+        if not self.dump_level & DL_EXCLUDE_ZERO:
+            return 0
+        if self._zero is not None:
+            return self._zero
+        n = sum(c.zero_class for c in self.cycles if c.decided)
+        for pfn in self.mem.touched_pfns():
+            if self.read_by_makedumpfile(pfn):
+                zero_now = _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
+                n += int(zero_now) - int(self.k.page_class(pfn) == FK.ZERO)
+        if all(c.decided for c in self.cycles):
+            self._zero = n
+        return n
+
+    def keep_set_changed(self) -> int:
+        """Pages whose fate mem_map as read decided otherwise than mem_map at the panic."""
+        if not self.overrides:
+            return 0
+        pfns = np.array(sorted(self.overrides), dtype=np.uint64)
+        base = np.isin(self.k.page_classes(pfns), self.excluded)
+        return int(sum(b != self.overrides[int(p)] for p, b in zip(pfns, base)))
+
+
+def _is_zero(page: bytes | memoryview) -> bool:
+    return not bytes(page).strip(b"\0")
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _range_keys(d: dict[int, bool], lo: int, hi: int) -> list[int]:
+    return [p for p in d if lo <= p < hi]
