@@ -73,10 +73,15 @@ class NoVmcore(KdumpsimError):
     exit_status = 1
 
 
-class WorkerLost(KdumpsimError):
-    """The sweep stopped because a worker died; saved runs are kept (exit status 1)."""
+class SweepStopped(KdumpsimError):
+    """The sweep stopped before its end (a worker or the scheduler lost, a disk
+    full); the runs that finished are saved and --resume continues (exit status 1)."""
 
     exit_status = 1
+
+
+class WorkerLost(SweepStopped):
+    """The sweep stopped because a worker died; saved runs are kept (exit status 1)."""
 
 
 # ---------------------------------------------------------------- text that reaches a terminal

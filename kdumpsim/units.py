@@ -7,6 +7,7 @@ are exact and traces byte-identical. Rates are bytes per second.
 
 from __future__ import annotations
 
+import math
 import re
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -44,12 +45,17 @@ def parse_duration(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration, got {value!r}")
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value * NS_PER_S):
+            raise ValueError(f"duration {value!r} is too large" if value == value else "duration is not a number")
         return round(value * NS_PER_S)
     m = _TIME_RE.match(str(value))
     if not m:
         raise ValueError(f"cannot parse duration {value!r} (use e.g. 2us, 1ms, 10s)")
     number, unit = m.groups()
-    return round(float(number) * _TIME_UNIT[unit])
+    ns = float(number) * _TIME_UNIT[unit]
+    if not math.isfinite(ns):
+        raise ValueError(f"duration {value!r} is too large")
+    return round(ns)
 
 
 def parse_rate(value: int | float | str) -> float:

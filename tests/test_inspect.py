@@ -341,3 +341,63 @@ def test_mutated_cores_never_crash(tmp_path_factory: pytest.TempPathFactory, raw
         return
     json.dumps(summary)
     assert isinstance(format_summary(summary), str)
+
+
+# -- amplification (issue 17 item 27) ------------------------------------------
+
+def aliased_core(headers: int) -> bytes:
+    """`headers` PT_NOTE headers that all point at one note segment (2 CPUs + VMCOREINFO)."""
+    layout = elf.layout_for(ELFCLASS64)
+    notes = b"".join(elf.pack_note(b"CORE", elf.NT_PRSTATUS, elf.pack_prstatus("x86_64", pid, {"rsp": 1}))
+                     for pid in (1, 2)) + elf.pack_note(b"VMCOREINFO", 0, b"OSRELEASE=6.1.0-sim\n")
+    at = layout.ehdr_size + headers * layout.phdr_size
+    phdrs = [Phdr(elf.PT_NOTE, 0, at, 0, 0, len(notes), len(notes), 0)] * headers
+    return layout.pack_ehdr(elf.EM_X86_64, headers) + b"".join(map(layout.pack_phdr, phdrs)) + notes
+
+
+def test_aliased_pt_notes_are_decoded_once(tmp_path: Path) -> None:
+    """65534 PT_NOTE headers on one note: it used to be decoded 65534 times (41 s, 1.1 GiB with --json)."""
+    import time
+    import tracemalloc
+    path = write(tmp_path, aliased_core(65534))
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        summary = inspect_vmcore(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - t0 < 60           # 3 s without tracemalloc; 41 s before
+    assert peak < 200 * 2**20, peak
+    assert len(summary["notes"]) == 3 and len(summary["cpus"]) == 2
+    assert summary["vmcoreinfo"] == {"OSRELEASE": "6.1.0-sim"}
+    assert len(summary["program_headers"]) == 65534
+    warning = [w for w in summary["warnings"] if "repeat" in w]
+    assert warning == ["65533 PT_NOTE headers repeat the offset and size of an earlier one (PT_NOTE 1 = PT_NOTE 0, "
+                       "...): their notes are decoded and listed once"], summary["warnings"]
+
+
+def test_a_huge_vmcoreinfo_is_truncated(tmp_path: Path) -> None:
+    """A 20 MB VMCOREINFO (the kernel writes at most VMCOREINFO_BYTES, a page) used to take 676 MiB."""
+    import tracemalloc
+
+    from kdumpsim.formats.reader import MAX_VMCOREINFO_BYTES
+    layout = elf.layout_for(ELFCLASS64)
+    text = b"".join(b"KEY%07d=%s\n" % (i, b"v" * 40) for i in range(400_000))      # ~20 MB
+    notes = elf.pack_note(b"VMCOREINFO", 0, text)
+    at = layout.ehdr_size + layout.phdr_size
+    raw = layout.pack_ehdr(elf.EM_X86_64, 1) + layout.pack_phdr(Phdr(elf.PT_NOTE, 0, at, 0, 0, len(notes),
+                                                                     len(notes), 0)) + notes
+    path = write(tmp_path, raw)
+    tracemalloc.start()
+    try:
+        summary = inspect_vmcore(path)
+        text_out = format_summary(summary)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 * 2**20, peak
+    info = summary["vmcoreinfo"]
+    assert "KEY0000000" in info and len(info) < MAX_VMCOREINFO_BYTES // 40
+    assert f"VMCOREINFO note is {len(text)} bytes" in " ".join(summary["warnings"])
+    assert "only the first" in text_out and len(text_out) < 4 * MAX_VMCOREINFO_BYTES

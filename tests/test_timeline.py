@@ -353,3 +353,33 @@ def _read(buf: io.StringIO) -> list[Event]:
         return read_trace(fh.name)
     finally:
         Path(fh.name).unlink()
+
+
+# ------------------------------------------------------------------ many tracks (issue 17 item 28)
+def test_thousands_of_tracks_render_in_seconds(runs, tmp_path: Path) -> None:
+    """14000 CPUs and 3000 DMA engines (a crafted trace; 3000 engines took 90 s,
+    the chart growing a row per engine): CPUs collapse into groups, DMA engines
+    past MAX_DMA_ROWS share one row that says how many it holds."""
+    import time
+
+    from kdumpsim.trace.timeline import MAX_DMA_ROWS
+    base = runs("paper").trace.events
+    cpu1 = [e for e in base if e.actor == "cpu1"]
+    eth0 = [e for e in base if e.actor == "eth0"][:6]
+    events = [e for e in base if e.actor != "cpu1"]
+    events += [dataclasses.replace(e, actor=f"cpu{c}") for c in range(4, 14000) for e in cpu1]
+    events += [dataclasses.replace(e, actor=f"dev{d}") for d in range(3000) for e in eth0]
+    events.sort(key=lambda e: e.time)
+    rows = gantt_rows(build_timeline(events))
+    dma = [r for r in rows if r.group == "dma"]
+    assert len(dma) == MAX_DMA_ROWS and dma[-1].label == f"{3001 - MAX_DMA_ROWS + 1} more DMA engines"
+    # Engines that never stopped keep their rows (first come first); eth0 stopped: it is in the shared row.
+    assert [r.label.split()[0] for r in dma[:-1]] == [f"dev{d}" for d in range(MAX_DMA_ROWS - 1)]
+    assert dma[-1].note.startswith(
+        f"{3001 - MAX_DMA_ROWS + 1} engines in one row ({3000 - MAX_DMA_ROWS + 1} never stopped)")
+    assert sum(len(r.cpus) for r in rows if r.group == "cpu") == 14000 - 1     # cpu0, cpu2-cpu13999
+    assert len(rows) < 30
+    t0 = time.monotonic()
+    plot_gantt(events, tmp_path / "many.png")
+    assert time.monotonic() - t0 < 60                # ~5 s here; 90 s before for the engines alone
+    assert (tmp_path / "many.png").stat().st_size > 10_000

@@ -35,6 +35,11 @@ MAX_NOTE_BYTES = 64 * MiB
 # NR_CPUS is at most 8192 (NR_CPUS_RANGE_END, arch/x86/Kconfig), so 65536
 # leaves room while keeping a file of tiny notes from taking minutes.
 MAX_NOTES = 1 << 16
+# VMCOREINFO text parsed and printed: the kernel's note holds at most
+# VMCOREINFO_BYTES, one page (include/linux/vmcore_info.h; makedumpfile reads
+# 4096), so 64 KiB is generous and a crafted 20 MB one costs nothing
+# (docs/SOURCES.md "inspect bounds").
+MAX_VMCOREINFO_BYTES = 64 * 1024
 # Errors pyelftools (and the construct library under it) raises on bad input.
 _PYELFTOOLS_ERRORS = (ELFError, ConstructError, struct.error, ValueError, IndexError,
                       KeyError, UnicodeError, RecursionError)
@@ -267,11 +272,22 @@ class _Inspector:
         """Notes of every PT_NOTE, the per-CPU registers and VMCOREINFO."""
         notes: list[dict[str, Any]] = []
         budget = MAX_NOTE_BYTES
+        first: dict[tuple[int, int], int] = {}     # (offset, size) -> the PT_NOTE that had it first
+        repeats: list[tuple[int, int]] = []
         for p in phdrs:
             if p["_kind"] == "PT_NOTE":
+                key = (p["offset"], p["filesz"])
+                if key in first:             # an alias of an earlier PT_NOTE: the same notes, decoded once
+                    repeats.append((p["index"], first[key]))
+                    continue
+                first[key] = p["index"]
                 data = self.note_data(p, budget)
                 budget -= len(data)
                 notes.extend(self.segment_notes(elffile, p, data))
+        if repeats:
+            self.warnings.append(f"{len(repeats)} PT_NOTE headers repeat the offset and size of an earlier one "
+                                 f"(PT_NOTE {repeats[0][0]} = PT_NOTE {repeats[0][1]}"
+                                 f"{', ...' if len(repeats) > 1 else ''}): their notes are decoded and listed once")
         if not any(p["_kind"] == "PT_NOTE" for p in phdrs):
             self.warnings.append("no PT_NOTE segment: no CPU registers or VMCOREINFO")
         cpus = self.decode_cpus(ehdr, notes)
@@ -366,7 +382,15 @@ class _Inspector:
             return None
         if len(found) > 1:
             self.warnings.append(f"{len(found)} VMCOREINFO notes; using the first")
-        return parse_vmcoreinfo(found[0]["_desc"].split(b"\0", 1)[0].decode("utf-8", "replace"))
+        desc = found[0]["_desc"]
+        end = desc.find(b"\0", 0, MAX_VMCOREINFO_BYTES + 1)
+        text = desc[:end if end >= 0 else MAX_VMCOREINFO_BYTES + 1]
+        if len(text) > MAX_VMCOREINFO_BYTES:
+            # Cut at the last whole line within the bound.
+            text = text[:text.rfind(b"\n", 0, MAX_VMCOREINFO_BYTES) + 1]
+            self.warnings.append(f"VMCOREINFO note is {len(desc)} bytes, far over the kernel's one page "
+                                 f"(VMCOREINFO_BYTES): only the first {len(text)} bytes are parsed and shown")
+        return parse_vmcoreinfo(text.decode("utf-8", "replace"))
 
 
 def parse_vmcoreinfo(text: str) -> dict[str, str]:

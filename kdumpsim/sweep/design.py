@@ -17,12 +17,13 @@ import copy
 import difflib
 import fnmatch
 import hashlib
-import itertools
 import json
 import math
 import random
 import re
 import shlex
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,9 +37,11 @@ from kdumpsim.machine.layout import derive_seed
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
 from kdumpsim.units import fmt_duration, fmt_duration_exact, fmt_size, parse_duration, parse_size
 
-MAX_POINTS = 100_000         # points an experiment may have (the grid is built in memory)
+MAX_POINTS = 100_000         # points an experiment may have (each is validated and laid out before a sweep)
+MODEL_CACHE = 256            # validated point models kept in memory (the grid itself is never built)
 MAX_RUNS = 10_000_000
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_TOO_LARGE = re.compile(r"^\s*-?\d+(\.\d+)?[eE]\+?\d{3,}\s*(ns|us|µs|ms|s|min)\s*$")  # 1e300s: float overflow
 NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000}
 
 # Always kept: the summary table needs them (and which loading method a run used).
@@ -188,7 +191,7 @@ class ModelFile:
     field: str                     # where the experiment names it: base.model or axes.I.models.J
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     point: int
     replicate: int
@@ -203,8 +206,8 @@ class Experiment:
     models: list[ModelFile]        # the base model, or each machine of a fleet axis
     root: Path                     # the directory the rerun commands run from
     axes: list[Axis]
-    points: list[Point]
-    _cfgs: dict[int, ModelConfig] = field(default_factory=dict, repr=False)
+    points: PointGrid
+    _cfgs: OrderedDict[int, ModelConfig] = field(default_factory=OrderedDict, repr=False)
 
     @property
     def model_path(self) -> Path:
@@ -221,15 +224,26 @@ class Experiment:
 
     def runs(self) -> list[RunSpec]:
         """Every run, ordered by (point, replicate)."""
+        return list(self.iter_runs())
+
+    def iter_runs(self) -> Iterator[RunSpec]:
+        """Every run, ordered by (point, replicate), one at a time."""
         master = self.spec.seed
-        return [RunSpec(p.index, r, run_seed(master, p, r))
-                for p in self.points for r in range(self.spec.replicates)]
+        for p in self.points:
+            for r in range(self.spec.replicates):
+                yield RunSpec(p.index, r, run_seed(master, p, r))
 
     def model_for(self, index: int) -> ModelConfig:
-        """The validated model of one point (cached)."""
-        if index not in self._cfgs:
-            self._cfgs[index] = build_point_model(self, self.points[index])
-        return self._cfgs[index]
+        """The validated model of one point (the last MODEL_CACHE are kept, so
+        memory does not grow with the number of points)."""
+        cfg = self._cfgs.get(index)
+        if cfg is None:
+            cfg = self._cfgs[index] = build_point_model(self, self.points[index])
+            if len(self._cfgs) > MODEL_CACHE:
+                self._cfgs.popitem(last=False)
+        else:
+            self._cfgs.move_to_end(index)
+        return cfg
 
     def all_overrides(self, point: Point) -> list[tuple[str, Any]]:
         return list(self.spec.base.overrides.items()) + list(point.overrides.items())
@@ -277,7 +291,7 @@ def load_experiment(path: str | Path) -> Experiment:
     models, root = _model_files(p, spec, source)
     axes = _resolve_axes(spec, source, [m.ref for m in models])
     _check_names(spec, axes, source)
-    exp = Experiment(p, digest, spec, models, root, axes, [])
+    exp = Experiment(p, digest, spec, models, root, axes, PointGrid([], [], 1, []))
     exp.points = _expand(exp)
     _check_base(exp)
     return exp
@@ -395,10 +409,12 @@ def _grid_axis(a: AxisSpec, where: str, source: str) -> Axis:
     if a.values is not None:
         values = list(a.values)
         unit, column = _column_values(values)
-        display = tuple(_display(v) for v in values)
+        display = [_display(v) for v in values]
     else:
         values, unit, column, display = _range_values(a.range, f"{where}.range", source)
-    _no_duplicates(display, f"{where}.{given[0]}", source)
+    # Duplicates are equal values (1ms and 1000us), not equal labels: a label may be rounded.
+    _no_duplicates(display, f"{where}.{given[0]}", source, keys=[_exact(c, d) for c, d in zip(column, display)])
+    _check_column(column, f"{where}.{given[0]}", source)
     settings = tuple({a.key: v} for v in values)
     return Axis(name, where, (a.key,), settings, tuple(column), tuple(display), unit, given[0])
 
@@ -434,12 +450,35 @@ def _check_key(key: str, where: str, source: str) -> None:
         raise ConfigError(source, where, f"{key!r} is not a dotted model key such as devices.nic0.start")
 
 
-def _no_duplicates(items: Any, where: str, source: str, what: str = "value") -> None:
-    seen: set[str] = set()
-    for item in items:
-        if item in seen:
-            raise ConfigError(source, where, f"duplicate {what} {item!r}")
-        seen.add(item)
+def _no_duplicates(items: Any, where: str, source: str, what: str = "value", keys: Any = None) -> None:
+    """Refuse an item given twice; `keys` (default the items) say which are equal."""
+    seen: dict[Any, str] = {}
+    for item, key in zip(items, items if keys is None else keys):
+        if key in seen:
+            same = f" (equal to {seen[key]!r})" if seen[key] != item else ""
+            raise ConfigError(source, where, f"duplicate {what} {item!r}{same}")
+        seen[key] = item
+
+
+def _exact(column: Any, display: str) -> Any:
+    """What makes two axis values equal: the exact column value (seconds, bytes, a number), else the text."""
+    if isinstance(column, (int, float, str, bool)) or column is None:
+        return (type(column).__name__ == "str", column)
+    return (True, display)
+
+
+def _check_column(column: Any, where: str, source: str) -> None:
+    """The axis column must fit the results table (Parquet): an integer past
+    64 bits would fail only when the first row is saved, mid-sweep."""
+    import pyarrow as pa
+    try:
+        pa.array(list(column))
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        big = next((v for v in column if isinstance(v, int) and not -2**63 <= v < 2**64), None)
+        what = f"{big} does not fit a 64-bit integer column" if big is not None else f"the values cannot be " \
+            f"one column ({e})"
+        raise ConfigError(source, where, f"{what} of the results table: write it as a float (e.g. "
+                          f"{float(big) if big is not None else 1e20:g}) or with a unit") from None
 
 
 def _kind_of(values: list[Any]) -> str:
@@ -511,6 +550,9 @@ def _endpoints(start: Any, stop: Any, where: str, source: str) -> tuple[str, flo
         return kind, parse_size(start), parse_size(stop)
     if kind == "number":
         return kind, start, stop
+    for v in (start, stop):
+        if isinstance(v, str) and _TOO_LARGE.match(v):
+            raise ConfigError(source, where, f"duration {v!r} is too large")
     raise ConfigError(source, where, f"start/low and stop/high must both be numbers, durations (5ms) "
                       f"or sizes (16M); got {start!r} and {stop!r}")
 
@@ -535,12 +577,21 @@ def _typed(kind: str, raw: list[float], integral: bool) -> tuple[list[Any], str,
     """(model values, unit, column values, display) of numbers in base units."""
     if kind == "duration":
         ns = [round(x) for x in raw]
-        return [fmt_duration_exact(n) for n in ns], "s", [n / 1e9 for n in ns], [fmt_duration(n, sep="") for n in ns]
+        exact = [fmt_duration_exact(n) for n in ns]
+        return exact, "s", [n / 1e9 for n in ns], _labels([fmt_duration(n, sep="") for n in ns], exact)
     if kind == "size":
         b = [round(x) for x in raw]
         return [fmt_size(n) for n in b], "bytes", b, [fmt_size(n) for n in b]
     vals = [round(x) if integral and abs(x - round(x)) < 1e-9 else float(f"{x:.12g}") for x in raw]
-    return vals, "", vals, [_number_text(v) for v in vals]
+    return vals, "", vals, _labels([_number_text(v) for v in vals], [repr(v) for v in vals])
+
+
+def _labels(rounded: list[str], exact: list[str]) -> list[str]:
+    """Rounded labels (10.5us), or exact ones (10500ns) for the whole axis when
+    rounding would give two values one label (a fine axis, 0..20000 ns in 1 ns steps)."""
+    if len(set(rounded)) == len(rounded) or len(set(exact)) < len(exact):
+        return rounded
+    return exact
 
 
 def _sample_axes(s: SampleSpec, master: int, source: str) -> list[Axis]:
@@ -568,6 +619,7 @@ def _sample_axes(s: SampleSpec, master: int, source: str) -> list[Axis]:
         # Integer endpoints give integer values (for fields such as descriptors).
         integral = all(isinstance(x, int) and not isinstance(x, bool) for x in (a.low, a.high))
         values, unit, column, display = _typed(kind, [round(x) for x in raw] if integral else raw, integral)
+        _check_column(column, where, source)
         axes.append(Axis(a.name or a.key, where, (a.key,), tuple({a.key: v} for v in values),
                          tuple(column), tuple(display), unit, "sample"))
     return axes
@@ -662,7 +714,7 @@ def plot_file(p: PlotSpec) -> str:
 
 
 # ---------------------------------------------------------------- points
-def _expand(exp: Experiment) -> list[Point]:
+def _expand(exp: Experiment) -> PointGrid:
     """Grid axes crossed (first axis outermost), crossed with the sampled points."""
     grid = [a for a in exp.axes if not a.field.startswith("sample.")]
     sampled = [a for a in exp.axes if a.field.startswith("sample.")]
@@ -671,27 +723,58 @@ def _expand(exp: Experiment) -> list[Point]:
         raise ConfigError(exp.source, "axes", f"{asked} points x {exp.spec.replicates} replicates asked for; an "
                           f"experiment may have at most {MAX_POINTS} points and {MAX_RUNS} runs: fewer values, "
                           "or a random or Latin-hypercube sample")
-    grid_choices = list(itertools.product(*(range(len(a.settings)) for a in grid)))
-    sample_rows = [[i] * len(sampled) for i in range(exp.spec.sample.count)] if sampled else [[]]
-    points = []
-    for combo in grid_choices:
-        for row in sample_rows:
-            chosen = list(zip(grid, combo)) + list(zip(sampled, row))
-            overrides: dict[str, Any] = {}
-            model = 0
-            for axis, j in chosen:
-                overrides.update(axis.settings[j])
-                model = j if axis.source == "models" else model
-            params = {axis.name: axis.column[j] for axis, j in chosen}
-            display = {axis.name: axis.display[j] for axis, j in chosen}
-            label = " ".join(f"{k}={v}" for k, v in display.items()) or "base"
-            machine = exp.models[model].ref if len(exp.models) > 1 or grid_is_fleet(grid) else None
-            points.append(Point(len(points), label, params, display, overrides, model, machine))
-    return points
+    fleet = len(exp.models) > 1 or grid_is_fleet(grid)
+    return PointGrid(grid, sampled, exp.spec.sample.count if sampled else 1,
+                     [m.ref for m in exp.models] if fleet else [])
 
 
 def grid_is_fleet(grid: list[Axis]) -> bool:
     return any(a.source == "models" for a in grid)
+
+
+class PointGrid(Sequence[Point]):
+    """The points of an experiment, made when asked for (never all held in
+    memory): point i is the i-th combination of itertools.product over the
+    grid axes' values (the last axis fastest), each crossed with the sampled
+    rows; so ids, labels and seeds are those of the list it replaces.
+    `machines`: a fleet's model files (empty without a fleet)."""
+
+    def __init__(self, grid: list[Axis], sampled: list[Axis], rows: int, machines: list[str]):
+        self.grid, self.sampled, self.rows, self.machines = grid, sampled, rows, machines
+        self.sizes = [len(a.settings) for a in grid]
+        self.count = math.prod(self.sizes) * rows
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Point]:
+        return (self._point(i) for i in range(self.count))
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._point(i) for i in range(*index.indices(self.count))]
+        i = index + self.count if index < 0 else index
+        if not 0 <= i < self.count:
+            raise IndexError(f"point {index} out of range ({self.count} points)")
+        return self._point(i)
+
+    def _point(self, i: int) -> Point:
+        combo, row = divmod(i, self.rows)
+        choice = []
+        for size in reversed(self.sizes):
+            combo, j = divmod(combo, size)
+            choice.append(j)
+        chosen = list(zip(self.grid, reversed(choice))) + [(a, row) for a in self.sampled]
+        overrides: dict[str, Any] = {}
+        model = 0
+        for axis, j in chosen:
+            overrides.update(axis.settings[j])
+            model = j if axis.source == "models" else model
+        params = {axis.name: axis.column[j] for axis, j in chosen}
+        display = {axis.name: axis.display[j] for axis, j in chosen}
+        label = " ".join(f"{k}={v}" for k, v in display.items()) or "base"
+        machine = self.machines[model] if self.machines else None
+        return Point(i, label, params, display, overrides, model, machine)
 
 
 def model_with(exp: Experiment, pairs: list[tuple[str, Any]], model: int = 0) -> ModelConfig:
@@ -699,7 +782,11 @@ def model_with(exp: Experiment, pairs: list[tuple[str, Any]], model: int = 0) ->
     after the other, as `kdumpsim run --set` applies them (so a rerun command
     gives the same model)."""
     mf = exp.models[model]
-    raw = copy.deepcopy(mf.raw)
+    # Copy only the top-level entries the keys reach (a big iomem list is shared, not copied per point).
+    raw = dict(mf.raw)
+    for top in dict.fromkeys(key.split(".", 1)[0] for key, _ in pairs):
+        if top in raw:
+            raw[top] = copy.deepcopy(raw[top])
     for key, value in pairs:
         set_dotted(raw, key, copy.deepcopy(value))
     return validate_model(raw, str(mf.path))
@@ -711,6 +798,11 @@ def build_point_model(exp: Experiment, point: Point) -> ModelConfig:
     try:
         return model_with(exp, exp.all_overrides(point), point.model)
     except ConfigError as e:
+        if len(exp.axes) == 1:        # the point is value `index` of the one axis: name it as _check_base does
+            axis = exp.axes[0]
+            at = axis.value_field(point.index)
+            raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
+                              f"{e.message} (value {axis.display[point.index]!r})") from None
         raise ConfigError(exp.source, f"{where}: {e.field}" if e.field else where, e.message) from None
 
 
@@ -729,8 +821,8 @@ def _check_base(exp: Experiment) -> None:
                 raise ConfigError(exp.source, f"{at}: {e.field}" if e.field else at,
                                   e.message + (f" (in {mf.ref})" if fleet else "")) from None
         for axis in exp.axes:
-            if axis.source == "models":
-                continue
+            if axis.source == "models" or len(exp.axes) == 1:
+                continue     # one axis: each point is one of its values, checked by build_point_model
             for j, sets in enumerate(axis.settings):
                 try:
                     model_with(exp, base + list(sets.items()), m)
@@ -763,10 +855,10 @@ def layout_key(cfg: ModelConfig) -> str:
 def check_layouts(exp: Experiment) -> None:
     """Every point's model laid out once before anything runs (reservation,
     kexec segments, DMA buffers); an impossible one is the experiment's error."""
-    checked: set[str] = set()
+    checked: set[bytes] = set()      # digests, so memory stays small for many points
     for point in exp.points:
         cfg = exp.model_for(point.index)
-        key = layout_key(cfg)
+        key = hashlib.sha256(layout_key(cfg).encode()).digest()
         if key in checked:
             continue
         try:

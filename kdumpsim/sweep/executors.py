@@ -50,33 +50,63 @@ class RunResult:
     error: tuple[str, str] | None = None          # (field, message) of a LayoutError
     vmcore: str | None = None                     # file name written, if any
     crash: str | None = None                      # the exception a run raised (a bug): its row says so
+    stopped: str | None = None                    # why the chunk stopped here (a file it could not write)
 
 
 ChunkFn = Callable[[Chunk], list[RunResult]]
 
 
+class ExecutorLost(Exception):
+    """The cluster cannot finish the work (a worker given up on, the scheduler
+    gone): the sweep stops, keeping what was saved."""
+
+
 def run_chunk(chunk: Chunk) -> list[RunResult]:
-    """Simulate every run of a chunk (in a worker process)."""
+    """Simulate every run of a chunk (in a worker process). A run that raises
+    becomes a row saying so; a file that cannot be written (a full disk) stops
+    the chunk, and the runs before it still come back to be saved."""
+    out = []
+    for r in chunk.runs:
+        out.append(_one_run(chunk, r))
+        if out[-1].stopped is not None:
+            break
+    return out
+
+
+def _one_run(chunk: Chunk, r: RunSpec) -> RunResult:
     from kdumpsim.errors import LayoutError
     from kdumpsim.measure import simulate
     from kdumpsim.measure.record import run_record
-    out = []
-    for r in chunk.runs:
-        try:
-            run = simulate(chunk.models[r.point], r.seed)
-        except LayoutError as e:
-            out.append(RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e))))
-            continue
-        except Exception as e:  # noqa: BLE001 - a run that raises becomes a row, not the end of the sweep
-            out.append(RunResult(r.point, r.replicate, r.seed, None, crash=f"{type(e).__name__}: {e}"))
-            continue
-        vmcore = _keep_vmcore(chunk, r, run)
+    try:
+        run = simulate(chunk.models[r.point], r.seed)
         record = run_record(run)
+    except LayoutError as e:
+        return RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e)))
+    except Exception as e:  # noqa: BLE001 - a run that raises becomes a row, not the end of the sweep
+        return RunResult(r.point, r.replicate, r.seed, None, crash=exception_text(e))
+    try:
+        vmcore = _keep_vmcore(chunk, r, run)
         if chunk.analyse_dir is not None:
             from kdumpsim.measure.analysis import analysis_record
             record.update(analysis_record(run, chunk.analyse_dir))
-        out.append(RunResult(r.point, r.replicate, r.seed, record, None, vmcore))
-    return out
+    except OSError as e:
+        return RunResult(r.point, r.replicate, r.seed, None, stopped=f"{e.filename or 'vmcore'}: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001 - as above
+        return RunResult(r.point, r.replicate, r.seed, None, crash=exception_text(e))
+    return RunResult(r.point, r.replicate, r.seed, record, None, vmcore)
+
+
+def exception_text(e: BaseException) -> str:
+    """'ZeroDivisionError: division by zero (at kdumpsim/crash/dma.py:120 in map)': what and where."""
+    import traceback
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if "kdumpsim" in f.filename] or frames
+    where = ""
+    if ours:
+        f = ours[-1]
+        name = f.filename[f.filename.rfind("kdumpsim"):] if "kdumpsim" in f.filename else f.filename
+        where = f" (at {name}:{f.lineno} in {f.name})"
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def _keep_vmcore(chunk: Chunk, r: RunSpec, run: Any) -> str | None:
@@ -93,17 +123,17 @@ def _keep_vmcore(chunk: Chunk, r: RunSpec, run: Any) -> str | None:
 
 
 def make_chunks(runs: list[RunSpec], models: Callable[[int], ModelConfig], size: int, shuffle_seed: int,
-                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> list[Chunk]:
+                vmcore_dir: str | None = None, analyse_dir: str | None = None) -> Iterator[Chunk]:
     """Consecutive runs in chunks of `size` (so a chunk carries one or two
     models), in a shuffled order so that the rate, and the time left the
-    progress bar shows, are not skewed by slow points bunched together."""
-    chunks = []
-    for i in range(0, len(runs), size):
+    progress bar shows, are not skewed by slow points bunched together. A
+    chunk's models are validated when it is sent, so they are never all in
+    memory at once."""
+    starts = list(range(0, len(runs), size))
+    random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(starts)
+    for i in starts:
         part = tuple(runs[i:i + size])
-        chunks.append(Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir,
-                            analyse_dir))
-    random.Random(derive_seed(shuffle_seed, "chunk-order")).shuffle(chunks)
-    return chunks
+        yield Chunk(part, {p: models(p) for p in sorted({r.point for r in part})}, vmcore_dir, analyse_dir)
 
 
 def chunk_size(n_runs: int, workers: int) -> int:
@@ -194,26 +224,39 @@ class LocalExecutor(Executor):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+RESULT_TIMEOUT = 60       # s to fetch a finished chunk's rows from its worker
+
+
 class DaskExecutor(Executor):
     """A dask.distributed cluster: the one at `scheduler` (an address such as
     tcp://127.0.0.1:8786, or a scheduler file), else a LocalCluster of
     `workers` single-threaded processes started here."""
     name = "dask"
 
+    # The client logs a traceback when its scheduler goes away; the sweep says it in one line (_result).
+    QUIET = ("distributed.client", "distributed.comm")
+
     def __init__(self, scheduler: str | None, workers: int):
+        import logging
+
         from distributed import Client, LocalCluster
         self.cluster = None
+        self.levels = {name: logging.getLogger(name).level for name in self.QUIET}
+        for name in self.QUIET:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             if scheduler is None:
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                             dashboard_address=None)
                 self.client = Client(self.cluster)
             elif Path(scheduler).is_file():
-                self.client = Client(scheduler_file=scheduler, timeout="20s")
+                self.client = Client(scheduler_address(scheduler), timeout="20s")
             else:
                 self.client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as e:
-            raise ConfigError("--scheduler", "", f"cannot connect to the Dask scheduler {scheduler}: {e}") from None
+            self._loud()
+            raise ConfigError("--scheduler", "", f"cannot connect to the Dask scheduler {scheduler}: "
+                              f"{_text(e)}") from None
         self.scheduler = self.client.scheduler.address
         self._check_workers()
 
@@ -233,12 +276,33 @@ class DaskExecutor(Executor):
 
     def map_unordered(self, fn: ChunkFn, items: Iterable[Chunk]) -> Iterator[list[RunResult]]:
         from distributed import as_completed
-        futures = [self.client.submit(fn, item, pure=False) for item in items]
+        try:
+            futures = [self.client.submit(fn, item, pure=False) for item in items]
+        except (OSError, TimeoutError) as e:
+            raise ExecutorLost(f"the Dask scheduler {self.scheduler} cannot be reached ({_text(e)})") from None
         try:
             for fut in as_completed(futures):
-                yield fut.result()
+                yield self._result(fut)
         finally:
-            self.client.cancel([f for f in futures if not f.done()])
+            with contextlib.suppress(Exception):
+                self.client.cancel([f for f in futures if not f.done()])
+
+    def _result(self, fut: Any) -> list[RunResult]:
+        """A chunk's rows, or ExecutorLost when the cluster lost it."""
+        from distributed import KilledWorker
+        if fut.status == "cancelled" or self.client.status in ("closing", "closed"):
+            raise ExecutorLost(f"the Dask scheduler {self.scheduler} went away (its tasks were cancelled)")
+        try:
+            return fut.result(timeout=RESULT_TIMEOUT)
+        except KilledWorker as e:
+            raise ExecutorLost(f"the Dask scheduler gave up on a chunk: the workers running it died "
+                               f"(KilledWorker: {_text(e)})") from None
+        except (OSError, TimeoutError) as e:
+            raise ExecutorLost(f"the Dask scheduler {self.scheduler} went away ({_text(e)})") from None
+        except Exception as e:
+            if type(e).__name__ in ("CancelledError", "FutureCancelledError", "CommClosedError"):
+                raise ExecutorLost(f"the Dask scheduler {self.scheduler} went away ({type(e).__name__})") from None
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -246,6 +310,16 @@ class DaskExecutor(Executor):
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close()
+        self._loud()
+
+    def _loud(self) -> None:
+        import logging
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _text(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def _worker_version() -> str:
@@ -266,9 +340,21 @@ def default_workers() -> int:
 
 
 def scheduler_address(path_or_address: str) -> str:
-    """The address in a scheduler file, or the argument itself."""
+    """The address in a scheduler file, or the argument itself. A file that is
+    not one is a ConfigError (distributed would retry it until its timeout,
+    then fail with an AssertionError)."""
     p = Path(path_or_address)
-    if p.is_file():
-        return json.loads(p.read_text())["address"]
-    return path_or_address
+    if not p.is_file():
+        return path_or_address
+    try:
+        with p.open("rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(str(p), "", f"not a Dask scheduler file (it holds no valid JSON: {_text(e)}); "
+                          "give the file `dask scheduler --scheduler-file` writes, or tcp://HOST:PORT") from None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise ConfigError(str(p), "address", "not a Dask scheduler file (no scheduler address such as "
+                          "tcp://127.0.0.1:8786 in it)")
+    return address
 

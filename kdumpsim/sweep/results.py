@@ -21,7 +21,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ class Share:
         return f"{100 * self.p:3.0f}% [{100 * lo:2.0f}-{100 * hi:3.0f}]"
 
 
-def summarize(df: Any, points: list[Any], outcomes: list[str], capture_ok: tuple[str, ...]) -> list[dict[str, Any]]:
+def summarize(df: Any, points: Sequence[Any], outcomes: list[str], capture_ok: tuple[str, ...]) -> list[dict[str, Any]]:
     """One row per sweep point: runs, outcome shares with Wilson intervals,
     capture-failure share, median corrupted bytes, mean dump fidelity."""
     out = []

@@ -14,13 +14,14 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdumpsim.errors import ConfigError, WorkerLost
+from kdumpsim.errors import ConfigError, SweepStopped, WorkerLost, printable
 from kdumpsim.measure.record import RECORD_COLUMNS, RECORD_PREFIXES
 from kdumpsim.names import CAPTURE_OK, OUTCOMES
 from kdumpsim.paths import ROOT
@@ -38,6 +39,7 @@ from kdumpsim.sweep.design import (
 from kdumpsim.sweep.executors import (
     Chunk,
     Executor,
+    ExecutorLost,
     RunResult,
     chunk_size,
     default_workers,
@@ -161,7 +163,7 @@ def _run_locked(exp: Experiment, out: Path, opts: Options) -> SweepResult:
     store = PartStore(out, ident["identity"])
     started = _prepare(exp, out, store, opts.resume, ident)
     done = store.done(_row_check(exp))
-    todo = [r for r in exp.runs() if (r.point, r.replicate) not in done]
+    todo = [r for r in exp.iter_runs() if (r.point, r.replicate) not in done]
     total = len(exp.points) * exp.spec.replicates
     if done:
         print(f"resuming: {len(done)} of {total} runs already in {store.parts}", file=sys.stderr)
@@ -173,7 +175,12 @@ def _run_locked(exp: Experiment, out: Path, opts: Options) -> SweepResult:
         size = opts.chunk_size or chunk_size(len(todo), opts.workers)
         analyse_dir = str((out / "scratch").resolve()) if exp.spec.analyse else None
         chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir, analyse_dir)
-        with make_executor(opts.executor, opts.workers, opts.scheduler) as ex:
+        try:
+            executor = make_executor(opts.executor, opts.workers, opts.scheduler)
+        except ConfigError as e:
+            raise ConfigError(e.source, e.field, f"{e.message} ({_saved_text(exp, store, len(done), total)})") \
+                from None
+        with executor as ex:
             manifest["executor"] = _executor_text(ex)
             _run_chunks(exp, store, ex, chunks, total, len(done), opts.progress)
     return _finish(exp, out, store, manifest, len(todo), time.monotonic() - t0)
@@ -227,29 +234,52 @@ def _prepare(exp: Experiment, out: Path, store: PartStore, resume: bool, ident: 
     return now
 
 
-def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: list[Chunk], total: int, done: int,
+def _run_chunks(exp: Experiment, store: PartStore, ex: Executor, chunks: Iterable[Chunk], total: int, done: int,
                 progress: bool) -> None:
-    """Run the chunks, saving each chunk's rows as it arrives."""
+    """Run the chunks, saving each chunk's rows as it arrives (also the rows
+    before a run that ends the sweep)."""
     bar = progress_bar(exp.spec.name, total, done, progress)
     saved = done
     try:
         for results in ex.map_unordered(run_chunk, chunks):
-            rows = [_row(exp, r) for r in results]
-            store.write(rows)
-            saved += len(rows)
-            bar.update(len(rows))
+            rows = [_row(exp, r) for r in results if r.error is None and r.stopped is None]
+            if rows:
+                store.write(rows)
+                saved += len(rows)
+                bar.update(len(rows))
+            for r in results:
+                _raise_for(exp, r, _saved_text(exp, store, saved, total))
     except KeyboardInterrupt:
         bar.close()
-        print(f"\ninterrupted: {saved} of {total} runs saved in {store.parts}; "
-              f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume", file=sys.stderr)
+        print(f"\ninterrupted: {_saved_text(exp, store, saved, total)}", file=sys.stderr)
         raise
     except BrokenProcessPool as e:
         # A worker was killed (OOM killer, kill -9): what finished is saved.
         bar.close()
-        raise WorkerLost(f"a worker process died ({e}); {saved} of {total} runs are saved in {store.parts}; "
-                         f"continue with: kdumpsim experiment {exp.source} --out {store.out} --resume") from None
+        raise WorkerLost(f"a worker process died ({e}); {_saved_text(exp, store, saved, total)}") from None
+    except ExecutorLost as e:
+        # Dask: the scheduler gave a worker up (KilledWorker) or went away.
+        bar.close()
+        raise WorkerLost(f"{e}; {_saved_text(exp, store, saved, total)}") from None
     finally:
         bar.close()
+
+
+def _saved_text(exp: Experiment, store: PartStore, saved: int, total: int) -> str:
+    """The line every stopped sweep ends with."""
+    return (f"{saved} of {total} runs are saved in {store.parts}; continue with: "
+            f"kdumpsim experiment {exp.source} --out {store.out} --resume")
+
+
+def _raise_for(exp: Experiment, result: RunResult, saved: str) -> None:
+    """A run that cannot be a row ends the sweep, naming the run."""
+    p = exp.points[result.point]
+    at = f"point {p.index} ({p.label}) replicate {result.replicate} seed {result.seed}"
+    if result.error is not None:
+        field_, message = result.error
+        raise ConfigError(exp.source, f"{at}: {field_}", f"{message} ({saved})")
+    if result.stopped is not None:
+        raise SweepStopped(f"{result.stopped} (writing the vmcore of {at}); {saved}")
 
 
 class LogProgress:
@@ -309,13 +339,12 @@ def _is_tty(fh: Any) -> bool:
 def _row(exp: Experiment, result: RunResult) -> dict[str, Any]:
     """One results row: identity, axis values, the kept metrics, how to re-run it."""
     p = exp.points[result.point]
-    if result.error is not None:
-        field_, message = result.error
-        raise ConfigError(exp.source, f"point {p.index} ({p.label}) replicate {result.replicate}: {field_}", message)
     row: dict[str, Any] = {"point": p.index, "point_label": p.label, "replicate": result.replicate,
                            "seed": result.seed, **p.params}
     if result.crash is not None:
-        row.update(outcome=ERROR, error=result.crash)
+        # The row alone must say which run it was (the table may be read without its columns).
+        row.update(outcome=ERROR, error=f"point {p.index} ({p.label}) replicate {result.replicate} "
+                                        f"seed {result.seed}: {result.crash}")
     else:
         assert result.record is not None
         row.update({k: v for k, v in result.record.items() if kept(exp.spec, k)})
@@ -332,8 +361,10 @@ def _finish(exp: Experiment, out: Path, store: PartStore, manifest: dict, ran: i
     df = table.to_pandas()
     measured = df[df["outcome"] != ERROR]
     if len(measured) < len(df):
+        first = df[df["outcome"] == ERROR].iloc[0]
         print(f"{len(df) - len(measured)} runs raised an exception: their rows have outcome '{ERROR}' and the "
-              "exception in the error column; they are left out of the summary and the plots", file=sys.stderr)
+              "exception in the error column; they are left out of the summary and the plots. The first: "
+              f"{printable(str(first['error']))}; re-run it alone with: {first['rerun']}", file=sys.stderr)
     rows = print_summary(exp, measured, out)
     machines = fleet_rows(exp, measured)
     plots = draw_plots(exp, measured, out)

@@ -123,6 +123,7 @@ def build_timeline(events: list[Event]) -> Timeline:
     tracks: list[Track] = []
 
     cpus = sorted((a for a in by_actor if cpu_of(a) is not None), key=cpu_of)
+    cpu_set = set(cpus)     # membership tests below: a list made 14000 CPUs quadratic
     for actor in cpus:
         tracks.append(_cpu_track(actor, by_actor[actor], t0, end, panic_ev))
     for actor in PATH_ACTORS:
@@ -132,12 +133,13 @@ def build_timeline(events: list[Event]) -> Timeline:
             tracks.append(_capture_track(by_actor[actor], end))
         elif actor in by_actor:
             tracks.append(_instant_track(actor, "path", by_actor[actor]))
-    devices = [a for a in by_actor if a not in cpus and a not in PATH_ACTORS
+    devices = [a for a in by_actor if a not in cpu_set and a not in PATH_ACTORS
                and any(e.kind in DMA_KINDS for e in by_actor[a])]
     for actor in devices:       # in order of first appearance (= model order)
         tracks.append(_dma_track(actor, by_actor[actor], end, classify))
+    device_set = set(devices)
     for actor in by_actor:
-        if actor not in cpus and actor not in PATH_ACTORS and actor not in devices:
+        if actor not in cpu_set and actor not in PATH_ACTORS and actor not in device_set:
             tracks.append(_instant_track(actor, "other", by_actor[actor]))
     phases = {e.kind: e.time for e in events if e.kind in (
         "panic", "nmi_shootdown_done", "machine_kexec", "purgatory_start", "purgatory_end", "capture_boot_start",
@@ -425,6 +427,7 @@ PHASE_MARKS = {"iommu_init": ("IOMMU init", "D", "#0072B2"), "driver_probe": ("d
                "capture_kernel_corrupted": ("capture kernel corrupted", "*", "#CC79A7"),
                "capture_kernel_crashed": ("capture kernel crashed", "*", "#0072B2"),
                "capture_oom": ("capture kernel out of memory", "*", "#000000")}
+MAX_DMA_ROWS = 16      # DMA engines drawn one to a row; the rest share one row (_dma_rows)
 GANTT_WIDTH = 7.0      # inches: a page's width, at GANTT_DPI
 GANTT_DPI = 150
 LOG_FROM = 1e-6        # the time axis is linear below 1 us ...
@@ -559,9 +562,30 @@ def gantt_rows(tl: Timeline) -> list[GanttRow]:
         t = tl.track(name)
         if t is not None:
             rows.append(GanttRow(t.label, "path", t.spans, t.instants, note=t.note))
-    for t in tl.tracks:
-        if t.group == "dma":
-            rows.append(GanttRow(t.label, "dma", t.spans, t.instants, note=t.note))
+    rows += _dma_rows([t for t in tl.tracks if t.group == "dma"])
+    return rows
+
+
+def _dma_rows(tracks: list[Track]) -> list[GanttRow]:
+    """A row per DMA engine, up to MAX_DMA_ROWS: past that (a chart's cost grows
+    with its rows: 3000 engines took 90 s) the engines that wrote into the capture
+    path or never stopped keep their rows, first come first, and the rest share
+    one row that says how many it holds (the Perfetto timeline keeps them all)."""
+    if len(tracks) <= MAX_DMA_ROWS:
+        return [GanttRow(t.label, "dma", t.spans, t.instants, note=t.note) for t in tracks]
+    def harmful(t: Track) -> bool:
+        return bool(t.note) or any(i.cat == "corruption" for i in t.instants)
+    ranked = sorted(range(len(tracks)), key=lambda k: (not harmful(tracks[k]), k))
+    keep = sorted(ranked[:MAX_DMA_ROWS - 1])
+    rest = [tracks[k] for k in sorted(ranked[MAX_DMA_ROWS - 1:])]
+    rows = [GanttRow(tracks[k].label, "dma", tracks[k].spans, tracks[k].instants, note=tracks[k].note) for k in keep]
+    spans = [s for t in rest for s in t.spans]
+    never = sum(1 for t in rest if t.note)
+    name = f"DMA active ({never} never stopped)" if never else "DMA active (all stopped)"
+    merged = [Span(min(s.start for s in spans), max(s.end for s in spans), name, "dma_active")] if spans else []
+    instants = sorted((i for t in rest for i in t.instants), key=lambda i: i.time)
+    rows.append(GanttRow(f"{len(rest)} more DMA engines", "dma", merged, instants,
+                         note=f"{len(rest)} engines in one row ({never} never stopped); Perfetto has each"))
     return rows
 
 

@@ -173,3 +173,66 @@ def test_workers_are_bounded(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="more than 256"):
         run_experiment(experiment(tmp_path), tmp_path / "out", workers=100000, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- a run that raises (item 17)
+def _raise_on(monkeypatch: pytest.MonkeyPatch, bad_seed: int, exc: BaseException) -> None:
+    """run_record raises `exc` for the run of `bad_seed` (inline executor: same process)."""
+    import kdumpsim.measure.record as record
+    real = record.run_record
+
+    def fake(run):
+        if run.seed == bad_seed:
+            raise exc
+        return real(run)
+    monkeypatch.setattr(record, "run_record", fake)
+
+
+def test_a_run_that_raises_is_a_row_naming_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    exp = experiment(tmp_path, replicates=4)
+    spec = load_experiment(exp).runs()[2]
+    _raise_on(monkeypatch, spec.seed, ZeroDivisionError("division by zero"))
+    res = run(exp, tmp_path / "out", chunk_size=4)
+    df = res.table
+    assert len(df) == 4 and (df["outcome"] == "error").sum() == 1      # the chunk's other runs are kept
+    err = df.loc[df["outcome"] == "error", "error"].iloc[0]
+    assert err.startswith(f"point 0 (base) replicate 2 seed {spec.seed}: ZeroDivisionError: division by zero "
+                          "(at "), err
+    assert "re-run it alone with: kdumpsim run" in capsys.readouterr().err
+
+
+def test_a_layout_error_mid_chunk_keeps_the_runs_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdumpsim.errors import LayoutError
+    out = tmp_path / "out"
+    exp = experiment(tmp_path, replicates=4)
+    spec = load_experiment(exp).runs()[2]
+    _raise_on(monkeypatch, spec.seed, LayoutError("devices.eth0", "more than 1000 DMA writes"))
+    with pytest.raises(ConfigError, match=f"point 0 \\(base\\) replicate 2 seed {spec.seed}: devices.eth0: more "
+                                          "than 1000 DMA writes \\(3 of 4 runs are saved in .*--resume\\)"):
+        run(exp, out, chunk_size=4)
+    assert len(pq.read_table(out / "parts")) == 3
+
+
+def test_a_full_disk_while_keeping_a_vmcore_keeps_the_finished_runs(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from kdumpsim.errors import SweepStopped
+    from kdumpsim.sweep import executors
+    out = tmp_path / "out"
+    exp = experiment(tmp_path, replicates=3)
+    raw = yaml.safe_load(exp.read_text())
+    raw["axes"] = [{"key": "devices.eth0.start", "values": ["0ms", "1ms"]}]
+    raw["vmcores"] = "first"
+    exp.write_text(yaml.safe_dump(raw))
+
+    def full(chunk, r, run):
+        if r.point == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "vmcores" / "point-00001.vmcore"))
+        return None
+    monkeypatch.setattr(executors, "_keep_vmcore", full)
+    with pytest.raises(SweepStopped, match="point-00001.vmcore: No space left on device .*point 1 .*3 of 6 runs "
+                                           "are saved .*--resume"):
+        run(exp, out, chunk_size=6)
+    assert len(pq.read_table(out / "parts")) == 3
