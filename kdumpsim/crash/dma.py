@@ -220,9 +220,10 @@ class DmaEngine:
         m.memory.write(addr, data, run.env.now, self.name)
         self.writes += 1
         self.bytes_written += len(data)
-        hits = run.regions_of(addr, len(data))
-        run.trace(run.env.now, self.name, "dma_write", addr=addr, bytes=len(data), region=hits[0][0],
-                  **({"regions": [r for r, _ in hits]} if len(hits) > 1 else {}))
+        if run.trace.enabled:          # a sweep keeps no trace: no per-write event to build
+            hits = run.regions_of(addr, len(data))
+            run.trace(run.env.now, self.name, "dma_write", addr=addr, bytes=len(data), region=hits[0][0],
+                      **({"regions": [r for r, _ in hits]} if len(hits) > 1 else {}))
 
     def _target(self, buf: Buffer, offset: int) -> int | None:
         """Physical address of the write, or None when the IOMMU blocks it."""

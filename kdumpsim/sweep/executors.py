@@ -63,7 +63,7 @@ def run_chunk(chunk: Chunk) -> list[RunResult]:
     out = []
     for r in chunk.runs:
         try:
-            run = simulate(chunk.models[r.point], r.seed)
+            run = simulate(chunk.models[r.point], r.seed, trace=False)     # a sweep keeps no trace
         except LayoutError as e:
             out.append(RunResult(r.point, r.replicate, r.seed, None, (e.field, str(e))))
             continue
