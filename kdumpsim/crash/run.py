@@ -81,6 +81,14 @@ class CrashRun:
         out: list[tuple[str, int]] = []
         pos, end = addr, addr + size
         i = max(0, bisect.bisect_right(self._region_starts, addr) - 1)
+        regions = self._regions
+        if size > 0:     # the common cases, as the walk below finds them: one region, or plain RAM
+            j = i + 1 if i < len(regions) and regions[i][1] <= addr else i
+            if j < len(regions) and regions[j][0] <= addr:
+                if regions[j][1] >= end:
+                    return [(regions[j][2], size)]
+            elif (j == len(regions) or regions[j][0] >= end) and self._plain_boundary(addr, end) == end:
+                return [(self._plain_region(addr), size)]
         while pos < end:
             while i < len(self._regions) and self._regions[i][1] <= pos:
                 i += 1

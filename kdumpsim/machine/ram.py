@@ -141,6 +141,30 @@ class PhysicalMemory:
         self.apply_overlays(addr, words)
         return words.tobytes()
 
+    def base_pages(self, pfns: list[int]) -> list[bytes]:
+        """base_page of each of `pfns`, computed together: one numpy pattern,
+        each overlay once (`fill_pages(pfns, words, rows)` when it has it,
+        else page by page, in the same order base_page applies them)."""
+        if not pfns:
+            return []
+        arr = np.array(pfns, dtype=np.uint64)
+        starts = arr << np.uint64(PAGE_SHIFT)
+        words = starts[:, None] + np.arange(0, PAGE_SIZE, 8, dtype=np.uint64)
+        words ^= np.uint64(self.key)
+        for o in self.overlays:
+            rows = np.nonzero((starts < np.uint64(o.end)) & (starts + np.uint64(PAGE_SIZE) > np.uint64(o.start)))[0]
+            if not len(rows):
+                continue
+            fill_pages = getattr(o, "fill_pages", None)
+            if fill_pages is not None:
+                fill_pages(arr[rows], words, rows)
+            else:
+                for r in rows:
+                    o.fill(int(starts[r]), words[r])
+        raw = words.tobytes()
+        return [bytes(PAGE_SIZE) if self._is_zero_page(p) else raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                for i, p in enumerate(pfns)]
+
     # ------------------------------------------------------------ writes
     def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:
         """Record `data` landing at `addr` at simulated `time` (ns) from `actor`."""

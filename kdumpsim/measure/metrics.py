@@ -20,6 +20,7 @@ from kdumpsim.names import CMA, cpu_of
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
+    from kdumpsim.machine.ram import PhysicalMemory
 
 PAGE = D.PAGE_SIZE
 
@@ -27,7 +28,15 @@ PAGE = D.PAGE_SIZE
 def is_truth(d: Delta | WriteRecord) -> bool:
     """Writes that belong to the state we want dumped: before the panic, or by
     a CPU of the crashing kernel (its crash notes, VMCOREINFO, log lines)."""
-    return d.time <= 0 or cpu_of(d.actor) is not None
+    if d.time <= 0:
+        return True
+    is_cpu = _IS_CPU.get(d.actor)
+    if is_cpu is None:
+        is_cpu = _IS_CPU[d.actor] = cpu_of(d.actor) is not None
+    return is_cpu
+
+
+_IS_CPU: dict[str, bool] = {}       # actor -> is it a CPU (cpu_of parses the name)
 
 
 def truth_page(run: CrashRun, pfn: int) -> bytes:
@@ -87,14 +96,17 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
     ram, backup = Tally(), Tally()
     v, copy, mem = run.vmcore, run.copy, run.machine.memory
     units = sum(-(-c.size // PAGE) for c in v.chunks)
+    in_place: list[tuple[int, int, list[int], list[int]]] = []
     for chunk in v.chunks:
         origin = chunk.origin
         tally = ram if origin == chunk.paddr else backup
         for offset, src, truth_addr in _chunk_units(run, chunk, origin):
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
             when = copy.read_time(offset)
-            if src == truth_addr:
-                tally.add_parts(*_unit_in_place(run, src, n, when))
+            if src == truth_addr:       # dumped RAM: compared below, every page at once
+                seen, truth = _views(mem, src >> PAGE_SHIFT, when)
+                if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
+                    in_place.append((src, n, seen, truth))
                 continue
             got = mem.read(src, n, when)
             want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
@@ -103,31 +115,31 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int]:
             deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
                       for d in device_deltas(run, p, 0, when)]
             tally.add(diff_bytes(got, want), deltas)
+    bases = mem.base_pages([src >> PAGE_SHIFT for src, _, _, _ in in_place])
+    for (src, n, seen, truth), base in zip(in_place, bases):
+        ram.add_parts(*_unit_in_place(run, src, n, seen, truth, base))
     return ram, backup, units
 
 
-def _unit_in_place(run: CrashRun, src: int, n: int, when: int) -> tuple[int, list[tuple[str, int, int]]]:
+def _views(mem: PhysicalMemory, pfn: int, when: int) -> tuple[list[int], list[int]]:
+    """The writes of page `pfn` the copy saw at `when`, and the truth's (log indices)."""
+    log, seqs = mem.log, mem.seqs_of(pfn)
+    return [s for s in seqs if log[s].time <= when], [s for s in seqs if is_truth(log[s])]
+
+
+def _unit_in_place(run: CrashRun, src: int, n: int, seen: list[int], truth: list[int],
+                   base: bytes) -> tuple[int, list[tuple[str, int, int]]]:
     """(bytes that differ, the device writes behind them) for the `n` bytes at
-    `src` (within one page) the copy read at `when`, against the truth there.
-    The same as comparing mem.read(src, n, when) with the truth page, built
-    from one list of the page's writes: when the copy saw exactly the truth's
-    writes, nothing differs and no byte is built."""
-    mem, log = run.machine.memory, run.machine.memory.log
+    `src` (within one page, whose base content is `base`) that the copy read
+    with the writes `seen` visible, against the truth's writes there: the
+    same as comparing mem.read(src, n, when) with truth_page, both pages
+    built from one list of the page's writes and one base page."""
+    mem = run.machine.memory
+    log = mem.log
     pfn = src >> PAGE_SHIFT
-    seqs = mem.seqs_of(pfn)
-    seen = [s for s in seqs if log[s].time <= when]
-    truth = [s for s in seqs if is_truth(log[s])]
-    if seen == truth:
-        return 0, []
-    base: list[bytes] = []
-
-    def base_page() -> bytes:          # built once, for both views
-        if not base:
-            base.append(mem.base_page(pfn))
-        return base[0]
-
     off = src & (PAGE - 1)
-    nbytes = diff_bytes(mem.compose(pfn, seen, base_page)[off:off + n], mem.compose(pfn, truth, base_page)[off:off + n])
+    nbytes = diff_bytes(mem.compose(pfn, seen, lambda: base)[off:off + n],
+                        mem.compose(pfn, truth, lambda: base)[off:off + n])
     if not nbytes:
         return 0, []
     names, pstart = run.device_names, pfn << PAGE_SHIFT

@@ -57,3 +57,17 @@ def test_pages_from_the_index_equal_the_replayed_log(small_modern):
         start = pfn << PAGE_SHIFT
         assert mem.read(start + 100, 5000, times[2]) == \
             (_replayed(mem, pfn, times[2]) + _replayed(mem, pfn + 1, times[2]))[100:5100]
+
+
+def test_base_pages_together_equal_one_by_one(finished_run):
+    """The vectorised base content (pattern, struct page array, zero pages)
+    equals base_page's, page for page, over every kind of page."""
+    mem = finished_run.machine.memory
+    k = finished_run.machine.kernel_structs
+    rng = random.Random(5)
+    pfns = [rng.randrange(mem.ram[-1][1] >> PAGE_SHIFT) for _ in range(3000)]
+    pfns += [(o.start >> PAGE_SHIFT) + i for o in mem.overlays for i in range(3)]
+    assert k is not None and mem.overlays
+    assert mem.base_pages(pfns) == [mem.base_page(p) for p in pfns]
+    zero = sum(1 for p in pfns if mem.base_page(p) == bytes(4096))
+    assert 0 < zero < len(pfns), "both zero and non-zero pages were compared"
