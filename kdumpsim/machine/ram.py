@@ -162,8 +162,18 @@ class PhysicalMemory:
                 for r in rows:
                     o.fill(int(starts[r]), words[r])
         raw = words.tobytes()
-        return [bytes(PAGE_SIZE) if self._is_zero_page(p) else raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                for i, p in enumerate(pfns)]
+        zero = self._zero_pages(starts)
+        return [bytes(PAGE_SIZE) if zero[i] else raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(pfns))]
+
+    def _zero_pages(self, starts: np.ndarray) -> list[bool]:
+        """_is_zero_page of the pages at `starts` (u64 addresses), vectorised."""
+        ram_s = np.array(self._ram_starts, dtype=np.uint64)
+        ram_e = np.array([e for _, e in self.ram], dtype=np.uint64)
+        i = np.searchsorted(ram_s, starts, side="right").astype(np.int64) - 1
+        zero = (i < 0) | (starts + np.uint64(PAGE_SIZE) > ram_e[np.maximum(i, 0)])
+        for s, e in self.zero:
+            zero |= (starts >= np.uint64(s)) & (starts < np.uint64(e))
+        return zero.tolist()
 
     # ------------------------------------------------------------ writes
     def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:
