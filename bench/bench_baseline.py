@@ -28,6 +28,7 @@ from pathlib import Path
 from common import PY, ROOT, machine
 
 BASELINE = "dd56f58"
+ROUND_START = "88206a7"     # the code issue #19's work started from: today's models, the same results
 SWEEP_RUNS = 120
 PLAIN_RUNS = 10
 
@@ -60,9 +61,9 @@ print(json.dumps({"cpu": time.process_time() - c, "wall": time.perf_counter() - 
 """
 
 
-def checkout(d: Path) -> Path:
-    tree = d / "baseline"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), BASELINE],
+def checkout(d: Path, commit: str) -> Path:
+    tree = d / commit
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit],
                    check=True, capture_output=True)
     return tree
 
@@ -85,9 +86,10 @@ def best(tree_a: Path, tree_b: Path, what: str, n: int) -> tuple[dict, dict]:
 def main() -> dict:
     print(f"baseline: runs per second against commit {BASELINE}")
     d = Path(tempfile.mkdtemp(prefix="kdumpsim-baseline-"))
-    tree = None
+    trees: list[Path] = []
     try:
-        tree = checkout(d)
+        trees.append(checkout(d, BASELINE))
+        tree = trees[0]
         out = {}
         for what, n, text in (("sweep", SWEEP_RUNS, f"dma_sweep, {SWEEP_RUNS} sampled runs of each commit's own file"),
                               ("plain", PLAIN_RUNS, f"models/modern-x86_64.yaml, {PLAIN_RUNS} seeds")):
@@ -97,9 +99,15 @@ def main() -> dict:
                   f"{BASELINE} {n / old['cpu']:.1f} ({n / old['wall']:.1f}/s wall): {ratio:.2f}x"
                   + (" (target >= 4x)" if what == "sweep" else ""))
             out[what] = {"now_cpu": new["cpu"], "old_cpu": old["cpu"], "ratio": ratio, "runs": n}
+        # The same dma_sweep file and results, before this round's shortcuts.
+        trees.append(checkout(d, ROUND_START))
+        old, new = best(trees[1], ROOT, "sweep", SWEEP_RUNS)
+        print(f"  today's dma_sweep, the same {SWEEP_RUNS} runs, against {ROUND_START} (before issue #19's "
+              f"shortcuts but the purgatory one): {old['cpu'] / new['cpu']:.2f}x")
+        out["round"] = {"ratio": old["cpu"] / new["cpu"]}
         return out
     finally:
-        if tree is not None:
+        for tree in trees:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
 
