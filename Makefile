@@ -7,7 +7,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench venv clean golden lab
+.PHONY: run test test-fast lint bench bench-big venv clean golden lab
 
 $(STAMP): requirements.lock pyproject.toml
 	$(SYSPY) -m venv --system-site-packages $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# experiments/big_sweep.yaml (10,044 runs) end to end: minutes.
+bench-big: $(STAMP)
+	$(PY) bench/bench_big_sweep.py
 
 # The three CI scenarios as real kdump cycles (QEMU TCG, ~90 s), each predicted and
 # compared; results in out/lab/<scenario>/, then the predicted-vs-measured table.

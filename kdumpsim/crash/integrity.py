@@ -34,7 +34,7 @@ def diff_bytes(a: bytes | memoryview, b: bytes | memoryview) -> int:
 def device_deltas(run: CrashRun, pfn: int, after: int, until: int) -> list[Delta]:
     """Writes by a DMA device into page `pfn` in (after, until]."""
     names = run.device_names
-    return [d for d in run.machine.memory.deltas.get(pfn, ()) if d.actor in names and after < d.time <= until]
+    return run.machine.memory.deltas_of(pfn, lambda w: w.actor in names and after < w.time <= until)
 
 
 def segment_changes(run: CrashRun, name: str, at: int) -> Iterator[tuple[int, list[Delta]]]:
@@ -45,7 +45,10 @@ def segment_changes(run: CrashRun, name: str, at: int) -> Iterator[tuple[int, li
         return
     mem = run.machine.memory
     relocated = seg.sources is not None   # 2004: DMA into a source page arrives via the copy
-    for pfn in mem.touched_in(seg.start, seg.end):
+    # Pages only a device could have changed since the load (all written pages when relocated).
+    pfns = (mem.touched_in(seg.start, seg.end) if relocated
+            else mem.written_by(run.device_names, KEXEC_LOAD_TIME, seg.start, seg.end))
+    for pfn in pfns:
         if not relocated and not device_deltas(run, pfn, KEXEC_LOAD_TIME, at):
             continue
         page_start = pfn << PAGE_SHIFT

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from kdumpsim import defaults as D
 from kdumpsim.kexec.load import KEXEC_LOAD_TIME, hash_states
-from kdumpsim.machine.ram import PAGE_SHIFT
 from kdumpsim.names import PURGATORY
 from kdumpsim.units import transfer_ns
 
@@ -79,10 +78,7 @@ def verify_sha256_digest(run: CrashRun) -> Generator:
 
 def written_since_load(mem: PhysicalMemory, addr: int, size: int) -> bool:
     """Did anything write [addr, addr+size) after kexec loaded it (up to now: the run is sequential)?"""
-    for pfn in range(addr >> PAGE_SHIFT, ((addr + size - 1) >> PAGE_SHIFT) + 1):
-        if any(d.time > KEXEC_LOAD_TIME for d in mem.deltas.get(pfn, ())):
-            return True
-    return False
+    return mem.written_after(addr, size, KEXEC_LOAD_TIME)
 
 
 def crashdump_backup_memory(run: CrashRun) -> Generator:

@@ -57,6 +57,8 @@ class CrashRun:
     metrics: dict[str, Any] = field(default_factory=dict)
     _regions: list[tuple[int, int, str]] = field(default_factory=list)
     _region_starts: list[int] = field(default_factory=list)
+    _reserved: list[tuple[int, int]] = field(default_factory=list)
+    _plain_edges: list[int] = field(default_factory=list)
 
     @property
     def timing(self) -> TimingSpec:
@@ -92,6 +94,14 @@ class CrashRun:
         out: list[tuple[str, int]] = []
         pos, end = addr, addr + size
         i = max(0, bisect.bisect_right(self._region_starts, addr) - 1)
+        regions = self._regions
+        if size > 0:     # the common cases, as the walk below finds them: one region, or plain RAM
+            j = i + 1 if i < len(regions) and regions[i][1] <= addr else i
+            if j < len(regions) and regions[j][0] <= addr:
+                if regions[j][1] >= end:
+                    return [(regions[j][2], size)]
+            elif (j == len(regions) or regions[j][0] >= end) and self._plain_boundary(addr, end) == end:
+                return [(self._plain_region(addr), size)]
         while pos < end:
             while i < len(self._regions) and self._regions[i][1] <= pos:
                 i += 1
@@ -109,19 +119,17 @@ class CrashRun:
         return out
 
     def _plain_region(self, addr: int) -> str:
-        r, cma = self.machine.reservation, self.machine.cma
-        if r.overlaps(addr, addr + 1):
+        if any(s <= addr < e for s, e in self._reserved):
             return RESERVATION_FREE
+        cma = self.machine.cma
         if cma is not None and cma[0] <= addr < cma[1]:
             return CMA
         return FIRST_KERNEL_RAM
 
     def _plain_boundary(self, pos: int, stop: int) -> int:
         """The first reservation or CMA edge in (pos, stop)."""
-        edges = [e for span in self.machine.reservation.spans for e in span]
-        if self.machine.cma is not None:
-            edges += list(self.machine.cma)
-        return min([e for e in edges if pos < e < stop], default=stop)
+        i = bisect.bisect_right(self._plain_edges, pos)
+        return self._plain_edges[i] if i < len(self._plain_edges) and self._plain_edges[i] < stop else stop
 
     def _index_regions(self) -> None:
         regions = [(s.start, s.end, s.name) for s in self.image.segments]
@@ -133,14 +141,18 @@ class CrashRun:
             regions += self.machine.kernel_structs.regions()
         self._regions = sorted(regions)
         self._region_starts = [r[0] for r in self._regions]
+        self._reserved = list(self.machine.reservation.spans)
+        self._plain_edges = sorted({e for span in self._reserved for e in span} | set(self.machine.cma or ()))
 
 
-def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment] = simpy.Environment) -> CrashRun:
+def run_crash(cfg: ModelConfig, seed: int = 0, env_type: type[simpy.Environment] = simpy.Environment,
+              trace: bool = True) -> CrashRun:
     """Run one crash of `cfg` with `seed`, deterministic for the same pair; the
     run is not yet measured (kdumpsim.measure.simulate does both).
-    (`env_type` lets a benchmark count events with a subclass.)"""
+    (`env_type` lets a benchmark count events with a subclass; trace=False
+    keeps no trace events, for sweeps: nothing else in the run depends on them.)"""
     env = env_type(initial_time=KEXEC_LOAD_TIME)
-    run = CrashRun(Machine(cfg, seed), env, Trace(), device_names={d.name for d in cfg.devices})
+    run = CrashRun(Machine(cfg, seed), env, Trace(trace), device_names={d.name for d in cfg.devices})
     boot(run.machine, env.now)
     run.image = load_capture_kernel(run.machine)
     run.trace(env.now, KEXEC, "kexec_load", reservation=[run.machine.reservation.start, run.machine.reservation.end],

@@ -530,6 +530,11 @@ class ZeroPageOverlay:
     def __init__(self, k: FirstKernel, start: int, end: int):
         self.k, self.start, self.end = k, start, end
 
+    def fill_pages(self, pfns: np.ndarray, words: np.ndarray, rows: np.ndarray) -> None:
+        """fill() of whole pages at once: row rows[i] of `words` is page pfns[i]
+        (page_classes is page_class vectorised)."""
+        words[rows[self.k.page_classes(pfns) == ZERO]] = 0
+
     def fill(self, addr: int, words: np.ndarray) -> None:
         size = 8 * len(words)
         if size == PAGE and addr % PAGE == 0:

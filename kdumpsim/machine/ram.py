@@ -4,8 +4,8 @@ Memory is not stored: a page nobody wrote holds its *base* content, computed on
 demand (so a 1 TiB machine costs what a 1 GiB one does). The first kernel's
 pages hold a recognisable pattern: every 64-bit word is its own physical
 address XOR a per-run key; the crashkernel reservation and holes read as
-zero. Every write is kept as a per-page delta (time, offset, bytes, actor),
-so any page can be rebuilt as it was at any simulated instant: at the panic
+zero. Every write is kept once (time, address, bytes, actor) and indexed by
+the pages it touches, so any page can be rebuilt as it was at any simulated instant: at the panic
 (the truth), when purgatory hashed it, or when the dump copy read it.
 
 Structures too big to store (the first kernel's struct page array, and the
@@ -42,6 +42,7 @@ def pattern_bytes(addr: int, size: int, key: int) -> bytes:
 
 @dataclass(slots=True)
 class Delta:
+    """One write's part within one page (built on demand from the log)."""
     time: int
     offset: int       # within the page
     data: memoryview  # a zero-copy slice of the write's bytes: src[src_off:src_off+len]
@@ -64,8 +65,32 @@ class WriteRecord:
     length: int
 
 
+class _DeltaView:
+    """`memory.deltas.get(pfn)`: the Delta list of a page, built when asked."""
+
+    def __init__(self, mem: PhysicalMemory):
+        self._mem = mem
+
+    def get(self, pfn: int, default=None):
+        return self._mem.deltas_of(pfn) if pfn in self._mem._pages else default
+
+    def __contains__(self, pfn: int) -> bool:
+        return pfn in self._mem._pages
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._mem._pages)
+
+    def __len__(self) -> int:
+        return len(self._mem._pages)
+
+
 class PhysicalMemory:
-    """Physical address space: System RAM ranges, zero-filled ranges, and the write history."""
+    """Physical address space: System RAM ranges, zero-filled ranges, and the write history.
+
+    A write is kept once (its record in `log`, its bytes in `_data`); each page
+    it touches only notes the write's index (`_pages`), so loading a 40 MiB
+    kernel costs a list append per page, not an object per page. Deltas are
+    built from these when a reader asks for them."""
 
     def __init__(self, ram: list[tuple[int, int]], key: int, zero: Iterable[tuple[int, int]] = ()):
         # ram / zero: half-open [start, end) ranges, sorted.
@@ -73,9 +98,13 @@ class PhysicalMemory:
         self._ram_starts = [s for s, _ in self.ram]
         self.zero = sorted(zero)
         self.key = key & 0xFFFF_FFFF_FFFF_FFFF
-        self.deltas: dict[int, list[Delta]] = {}
+        self._pages: dict[int, list[int]] = {}      # pfn -> indices in `log` of the writes touching it
+        self._data: list[bytes] = []                 # the bytes of log[i]
+        self.deltas = _DeltaView(self)
         self.log: list[WriteRecord] = []
         self._touched_sorted: list[int] | None = None
+        self._written_cache: dict[tuple, tuple[int, list[int]]] = {}
+        self._late: dict[int, tuple[int, set[int]]] = {}
         self.overlays: list = []
 
     def add_overlay(self, overlay) -> None:
@@ -112,48 +141,127 @@ class PhysicalMemory:
         self.apply_overlays(addr, words)
         return words.tobytes()
 
+    def base_pages(self, pfns: list[int]) -> list[bytes]:
+        """base_page of each of `pfns`, computed together: one numpy pattern,
+        each overlay once (`fill_pages(pfns, words, rows)` when it has it,
+        else page by page, in the same order base_page applies them)."""
+        if not pfns:
+            return []
+        arr = np.array(pfns, dtype=np.uint64)
+        starts = arr << np.uint64(PAGE_SHIFT)
+        words = starts[:, None] + np.arange(0, PAGE_SIZE, 8, dtype=np.uint64)
+        words ^= np.uint64(self.key)
+        for o in self.overlays:
+            rows = np.nonzero((starts < np.uint64(o.end)) & (starts + np.uint64(PAGE_SIZE) > np.uint64(o.start)))[0]
+            if not len(rows):
+                continue
+            fill_pages = getattr(o, "fill_pages", None)
+            if fill_pages is not None:
+                fill_pages(arr[rows], words, rows)
+            else:
+                for r in rows:
+                    o.fill(int(starts[r]), words[r])
+        raw = words.tobytes()
+        zero = self._zero_pages(starts)
+        return [bytes(PAGE_SIZE) if zero[i] else raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(pfns))]
+
+    def _zero_pages(self, starts: np.ndarray) -> list[bool]:
+        """_is_zero_page of the pages at `starts` (u64 addresses), vectorised."""
+        ram_s = np.array(self._ram_starts, dtype=np.uint64)
+        ram_e = np.array([e for _, e in self.ram], dtype=np.uint64)
+        i = np.searchsorted(ram_s, starts, side="right").astype(np.int64) - 1
+        zero = (i < 0) | (starts + np.uint64(PAGE_SIZE) > ram_e[np.maximum(i, 0)])
+        for s, e in self.zero:
+            zero |= (starts >= np.uint64(s)) & (starts < np.uint64(e))
+        return zero.tolist()
+
     # ------------------------------------------------------------ writes
     def write(self, addr: int, data: bytes | bytearray | memoryview, time: int, actor: str) -> None:
         """Record `data` landing at `addr` at simulated `time` (ns) from `actor`."""
         data = bytes(data)
-        view = memoryview(data)
         seq = len(self.log)
         self.log.append(WriteRecord(time, actor, addr, len(data)))
-        pos, end = 0, len(data)
-        while pos < end:
-            a = addr + pos
-            pfn, off = a >> PAGE_SHIFT, a & (PAGE_SIZE - 1)
-            n = min(PAGE_SIZE - off, end - pos)
-            page_deltas = self.deltas.get(pfn)
-            if page_deltas is None:
-                self.deltas[pfn] = page_deltas = []
+        self._data.append(data)
+        if not data:
+            return
+        pages = self._pages
+        for pfn in range(addr >> PAGE_SHIFT, ((addr + len(data) - 1) >> PAGE_SHIFT) + 1):
+            seqs = pages.get(pfn)
+            if seqs is None:
+                pages[pfn] = [seq]
                 self._touched_sorted = None
-            page_deltas.append(Delta(time, off, view[pos:pos + n], actor, data, pos, seq))
-            pos += n
+            else:
+                seqs.append(seq)
+
+    def _delta(self, pfn: int, seq: int) -> Delta:
+        w, src = self.log[seq], self._data[seq]
+        pstart = pfn << PAGE_SHIFT
+        lo, hi = max(w.addr, pstart), min(w.addr + w.length, pstart + PAGE_SIZE)
+        off = lo - w.addr
+        return Delta(w.time, lo - pstart, memoryview(src)[off:off + hi - lo], w.actor, src, off, seq)
+
+    def deltas_of(self, pfn: int, keep: Callable[[WriteRecord], bool] | None = None) -> list[Delta]:
+        """Every write's part in page `pfn` (those `keep` accepts), in write order."""
+        log = self.log
+        return [self._delta(pfn, s) for s in self._pages.get(pfn, ()) if keep is None or keep(log[s])]
+
+    def writes_to(self, pfn: int) -> list[WriteRecord]:
+        """The writes that touched page `pfn`, in order (cheaper than deltas_of)."""
+        log = self.log
+        return [log[s] for s in self._pages.get(pfn, ())]
+
+    def written_after(self, addr: int, size: int, time: int) -> bool:
+        """Did any write after `time` touch a page of [addr, addr+size)? (The
+        pages such writes touched are collected from the log as it grows.)"""
+        seen, late = self._late.get(time, (0, set()))
+        log = self.log
+        for i in range(seen, len(log)):
+            w = log[i]
+            if w.time > time and w.length:
+                late.update(range(w.addr >> PAGE_SHIFT, ((w.addr + w.length - 1) >> PAGE_SHIFT) + 1))
+        self._late[time] = (len(log), late)
+        return not late.isdisjoint(range(addr >> PAGE_SHIFT, ((addr + size - 1) >> PAGE_SHIFT) + 1))
+
+    def _covers(self, seq: int, pstart: int) -> bool:
+        w = self.log[seq]
+        return w.addr <= pstart and w.addr + w.length >= pstart + PAGE_SIZE
 
     # ------------------------------------------------------------ reads
-    def page(self, pfn: int, time: int | None = None,
-             keep: Callable[[Delta], bool] | None = None) -> bytes | memoryview:
-        """Page `pfn` as it was at `time` (None: after every write), optionally
-        applying only the deltas `keep` accepts. Read-only: may be a view."""
-        deltas = self.deltas.get(pfn)
-        if not deltas:
-            return self.base_page(pfn)
-        chosen = [d for d in deltas if (time is None or d.time <= time) and (keep is None or keep(d))]
-        if not chosen:
-            return self.base_page(pfn)
-        if chosen[-1].full:
-            return chosen[-1].data
+    def compose(self, pfn: int, seqs: list[int], base: Callable[[], bytes] | None = None) -> bytes | memoryview:
+        """Page `pfn` made of its base content and the writes `seqs` (log
+        indices touching it, in order); `base` may supply the base content."""
+        if not seqs:
+            return base() if base is not None else self.base_page(pfn)
+        pstart = pfn << PAGE_SHIFT
         # Start from the last full-page write, if any: nothing before it shows.
-        start = next((i for i in range(len(chosen) - 1, -1, -1) if chosen[i].full), None)
+        start = next((i for i in range(len(seqs) - 1, -1, -1) if self._covers(seqs[i], pstart)), None)
+        if start == len(seqs) - 1:
+            return self._delta(pfn, seqs[-1]).data
         if start is None:
-            buf, start = bytearray(self.base_page(pfn)), 0
+            buf, start = bytearray(base() if base is not None else self.base_page(pfn)), 0
         else:
-            buf = bytearray(chosen[start].data)
+            buf = bytearray(self._delta(pfn, seqs[start]).data)
             start += 1
-        for d in chosen[start:]:
+        for s in seqs[start:]:
+            d = self._delta(pfn, s)
             buf[d.offset:d.offset + len(d.data)] = d.data
         return bytes(buf)
+
+    def seqs_of(self, pfn: int) -> list[int]:
+        """Log indices of the writes that touched page `pfn`, in order."""
+        return self._pages.get(pfn, [])
+
+    def page(self, pfn: int, time: int | None = None,
+             keep: Callable[[WriteRecord], bool] | None = None) -> bytes | memoryview:
+        """Page `pfn` as it was at `time` (None: after every write), optionally
+        applying only the writes `keep` accepts (it sees their WriteRecord:
+        time, actor, addr, length). Read-only: may be a view."""
+        seqs = self._pages.get(pfn)
+        if not seqs:
+            return self.base_page(pfn)
+        log = self.log
+        chosen = [s for s in seqs if (time is None or log[s].time <= time) and (keep is None or keep(log[s]))]
+        return self.compose(pfn, chosen)
 
     def read(self, addr: int, size: int, time: int | None = None) -> bytes:
         """Bytes [addr, addr+size) as they were at `time`."""
@@ -165,22 +273,26 @@ class PhysicalMemory:
         if addr & (PAGE_SIZE - 1) or size & (PAGE_SIZE - 1) or not size:
             return None
         first, n = addr >> PAGE_SHIFT, size >> PAGE_SHIFT
-        lists = [self.deltas.get(p) for p in range(first, first + n)]
+        pages = self._pages
+        lists = [pages.get(p) for p in range(first, first + n)]
         if None in lists or sum(map(len, lists)) != n:
             return None           # a page nobody wrote, or one written more than once
-        d0, d1 = lists[0][0], lists[-1][0]
-        # One write is contiguous: if the first and last pages hold consecutive
-        # parts of the same write, every page between holds its part too.
-        if d0.seq != d1.seq or d1.src_off - d0.src_off != size - PAGE_SIZE \
-                or not (d0.full and d1.full) or (time is not None and d0.time > time):
+        seq = lists[0][0]
+        # One write is contiguous: if it covers the first and the last page,
+        # it covers every page between, and each of those has no other write.
+        w = self.log[seq]
+        if lists[-1][0] != seq or w.addr > addr or w.addr + w.length < addr + size \
+                or (time is not None and w.time > time):
             return None
-        return memoryview(d0.src)[d0.src_off:d0.src_off + size]
+        off = addr - w.addr
+        return memoryview(self._data[seq])[off:off + size]
 
-    def _visible_full(self, pfn: int, time: int | None) -> Delta | None:
-        """The full-page write that alone makes up page `pfn` at `time`, if any."""
-        for d in reversed(self.deltas.get(pfn, ())):
-            if time is None or d.time <= time:
-                return d if d.full else None
+    def _visible_full(self, pfn: int, time: int | None) -> int | None:
+        """The write (log index) that alone makes up page `pfn` at `time`, if any."""
+        pstart, log = pfn << PAGE_SHIFT, self.log
+        for s in reversed(self._pages.get(pfn, ())):
+            if time is None or log[s].time <= time:
+                return s if self._covers(s, pstart) else None
         return None
 
     def iter_read(self, addr: int, size: int, time: int | None = None) -> Iterator[bytes | memoryview]:
@@ -191,25 +303,26 @@ class PhysicalMemory:
             yield whole
             return
         end = addr + size
-        src, seq, lo, hi = None, -1, 0, 0          # the pending zero-copy run
+        seq, lo, hi = -1, 0, 0          # the pending zero-copy run
         while addr < end:
             pfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
             n = min(PAGE_SIZE - off, end - addr)
-            d = self._visible_full(pfn, time)
-            if d is not None and d.seq == seq and d.src_off + off == hi:
+            s = self._visible_full(pfn, time)
+            pos = -1 if s is None else addr - self.log[s].addr       # where the bytes are in write s
+            if s is not None and s == seq and pos == hi:
                 hi += n
             else:
-                if src is not None:
-                    yield memoryview(src)[lo:hi]
-                    src = None
-                if d is not None:
-                    src, seq, lo, hi = d.src, d.seq, d.src_off + off, d.src_off + off + n
+                if seq >= 0:
+                    yield memoryview(self._data[seq])[lo:hi]
+                    seq = -1
+                if s is not None:
+                    seq, lo, hi = s, pos, pos + n
                 else:
                     page = self.page(pfn, time)
                     yield page if (off == 0 and n == PAGE_SIZE) else page[off:off + n]
             addr += n
-        if src is not None:
-            yield memoryview(src)[lo:hi]
+        if seq >= 0:
+            yield memoryview(self._data[seq])[lo:hi]
 
     def iter_read_base(self, addr: int, size: int) -> Iterator[bytes]:
         """Like iter_read, but the content before any write."""
@@ -223,8 +336,24 @@ class PhysicalMemory:
     def touched_pfns(self) -> list[int]:
         """Sorted frame numbers of every page something wrote."""
         if self._touched_sorted is None:
-            self._touched_sorted = sorted(self.deltas)
+            self._touched_sorted = sorted(self._pages)
         return self._touched_sorted
+
+    def written_by(self, actors: set[str], after: int, start: int, end: int) -> list[int]:
+        """Sorted frame numbers of pages in [start, end) bytes that `actors`
+        wrote after time `after` (from the log; remembered until the next write)."""
+        key = (frozenset(actors), after)
+        cached = self._written_cache.get(key)
+        if cached is None or cached[0] != len(self.log):
+            pfns: set[int] = set()
+            for w in self.log:
+                if w.time > after and w.length and w.actor in actors:
+                    pfns.update(range(w.addr >> PAGE_SHIFT, ((w.addr + w.length - 1) >> PAGE_SHIFT) + 1))
+            cached = self._written_cache[key] = (len(self.log), sorted(pfns))
+        pfns_sorted = cached[1]
+        lo = bisect.bisect_left(pfns_sorted, start >> PAGE_SHIFT)
+        hi = bisect.bisect_left(pfns_sorted, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        return pfns_sorted[lo:hi]
 
     def touched_in(self, start: int, end: int) -> list[int]:
         """Written pages in [start, end) bytes, sorted."""

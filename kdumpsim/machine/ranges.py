@@ -112,7 +112,7 @@ class RandomPlacer:
         firsts, cum = self._slot_table(size, align)
         total = cum[-1] if cum else 0
         for _ in range(tries if total else 0):
-            k = rng.randrange(total)
+            k = rng._randbelow(total)  # type: ignore[attr-defined]  # = rng.randrange(total) (3.11), unchecked
             i = bisect.bisect_right(cum, k)
             addr = firsts[i] + (k - (cum[i - 1] if i else 0)) * align
             if self.taken.free(addr, addr + size):

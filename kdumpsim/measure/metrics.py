@@ -15,19 +15,28 @@ from typing import TYPE_CHECKING, Any
 
 from kdumpsim import defaults as D
 from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes
-from kdumpsim.machine.ram import PAGE_SHIFT, Delta
+from kdumpsim.machine.ram import PAGE_SHIFT, Delta, WriteRecord
 from kdumpsim.names import CMA, cpu_of
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
+    from kdumpsim.machine.ram import PhysicalMemory
 
 PAGE = D.PAGE_SIZE
 
 
-def is_truth(d: Delta) -> bool:
+def is_truth(d: Delta | WriteRecord) -> bool:
     """Writes that belong to the state we want dumped: before the panic, or by
     a CPU of the crashing kernel (its crash notes, VMCOREINFO, log lines)."""
-    return d.time <= 0 or cpu_of(d.actor) is not None
+    if d.time <= 0:
+        return True
+    is_cpu = _IS_CPU.get(d.actor)
+    if is_cpu is None:
+        is_cpu = _IS_CPU[d.actor] = cpu_of(d.actor) is not None
+    return is_cpu
+
+
+_IS_CPU: dict[str, bool] = {}       # actor -> is it a CPU (cpu_of parses the name)
 
 
 def truth_page(run: CrashRun, pfn: int) -> bytes:
@@ -43,15 +52,19 @@ class Tally:
         self.writers: dict[str, dict[str, int]] = {}
 
     def add(self, nbytes: int, deltas: list[Delta]) -> None:
+        self.add_parts(nbytes, [(d.actor, len(d.data), d.time) for d in deltas] if nbytes else [])
+
+    def add_parts(self, nbytes: int, parts: list[tuple[str, int, int]]) -> None:
+        """Like add, with each write as (actor, its bytes in the page, time)."""
         if not nbytes:
             return
         self.bytes += nbytes
         self.pages += 1
-        for d in deltas:
-            w = self.writers.setdefault(d.actor, {"bytes": 0, "first_ns": d.time, "last_ns": d.time})
-            w["bytes"] += len(d.data)
-            w["first_ns"] = min(w["first_ns"], d.time)
-            w["last_ns"] = max(w["last_ns"], d.time)
+        for actor, length, time in parts:
+            w = self.writers.setdefault(actor, {"bytes": 0, "first_ns": time, "last_ns": time})
+            w["bytes"] += length
+            w["first_ns"] = min(w["first_ns"], time)
+            w["last_ns"] = max(w["last_ns"], time)
 
     def as_dict(self) -> dict[str, Any]:
         return {"bytes": self.bytes, "pages": self.pages, "writers": dict(sorted(self.writers.items()))}
@@ -70,10 +83,9 @@ def _chunk_units(run: CrashRun, chunk: Any, origin: int) -> Iterator[tuple[int, 
     chunk that could differ from the truth."""
     mem = run.machine.memory
     if origin == chunk.paddr:
-        for pfn in mem.touched_in(chunk.paddr, chunk.paddr + chunk.size):
-            if device_deltas(run, pfn, 0, 1 << 62):
-                a = max(pfn << PAGE_SHIFT, chunk.paddr)
-                yield chunk.offset + (a - chunk.paddr), a, a
+        for pfn in mem.written_by(run.device_names, 0, chunk.paddr, chunk.paddr + chunk.size):
+            a = max(pfn << PAGE_SHIFT, chunk.paddr)
+            yield chunk.offset + (a - chunk.paddr), a, a
     else:   # relocated data (the backup region): compare it all, it is small
         for off in range(0, chunk.size, PAGE):
             yield chunk.offset + off, chunk.paddr + off, origin + off
@@ -89,6 +101,7 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     if copy.collector == "makedumpfile":
         units = copy.pages_read() - copy.zero_pages()
     excluded_hit = 0
+    in_place: list[tuple[int, int, list[int], list[int]]] = []
     for chunk in v.chunks:
         origin = chunk.origin
         tally = ram if origin == chunk.paddr else backup
@@ -98,6 +111,11 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
                 continue
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
             when = copy.read_time(offset)
+            if src == truth_addr:       # dumped RAM: compared below, every page at once
+                seen, truth = _views(mem, src >> PAGE_SHIFT, when)
+                if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
+                    in_place.append((src, n, seen, truth))
+                continue
             got = mem.read(src, n, when)
             want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
                             for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
@@ -105,16 +123,53 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
             deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
                       for d in device_deltas(run, p, 0, when)]
             tally.add(diff_bytes(got, want), deltas)
+    bases = mem.base_pages([src >> PAGE_SHIFT for src, _, _, _ in in_place])
+    for (src, n, seen, truth), base in zip(in_place, bases):
+        ram.add_parts(*_unit_in_place(run, src, n, seen, truth, base))
     return ram, backup, units, excluded_hit
+
+
+def _views(mem: PhysicalMemory, pfn: int, when: int) -> tuple[list[int], list[int]]:
+    """The writes of page `pfn` the copy saw at `when`, and the truth's (log indices)."""
+    log, seqs = mem.log, mem.seqs_of(pfn)
+    return [s for s in seqs if log[s].time <= when], [s for s in seqs if is_truth(log[s])]
+
+
+def _unit_in_place(run: CrashRun, src: int, n: int, seen: list[int], truth: list[int],
+                   base: bytes) -> tuple[int, list[tuple[str, int, int]]]:
+    """(bytes that differ, the device writes behind them) for the `n` bytes at
+    `src` (within one page, whose base content is `base`) that the copy read
+    with the writes `seen` visible, against the truth's writes there: the
+    same as comparing mem.read(src, n, when) with truth_page, both pages
+    built from one list of the page's writes and one base page."""
+    mem = run.machine.memory
+    log = mem.log
+    pfn = src >> PAGE_SHIFT
+    off = src & (PAGE - 1)
+    nbytes = diff_bytes(mem.compose(pfn, seen, lambda: base)[off:off + n],
+                        mem.compose(pfn, truth, lambda: base)[off:off + n])
+    if not nbytes:
+        return 0, []
+    names, pstart = run.device_names, pfn << PAGE_SHIFT
+    parts = []
+    for s in seen:
+        w = log[s]
+        if w.time > 0 and w.actor in names:
+            parts.append((w.actor, min(w.addr + w.length, pstart + PAGE) - max(w.addr, pstart), w.time))
+    return nbytes, parts
 
 
 def dma_hits(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
     """Bytes each device wrote after time `after` (the panic), per region of
     the capture path: a write is credited to every region it overlaps."""
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    regions: dict[tuple[int, int], list[tuple[str, int]]] = {}     # a ring's slots are written again and again
     for w in run.machine.memory.log:
         if w.time > after and w.actor in run.device_names:
-            for region, nbytes in run.regions_of(w.addr, w.length):
+            where = regions.get((w.addr, w.length))
+            if where is None:
+                where = regions[(w.addr, w.length)] = run.regions_of(w.addr, w.length)
+            for region, nbytes in where:
                 hits[region][w.actor] += nbytes
     return {r: dict(sorted(d.items())) for r, d in sorted(hits.items())}
 

@@ -32,13 +32,17 @@ class Event:
 
 
 class Trace:
-    """Append-only event log; events arrive in simulated-time order."""
+    """Append-only event log; events arrive in simulated-time order. A trace
+    made with enabled=False (a sweep's runs: nobody reads it) keeps nothing,
+    and hot paths skip building the details when `enabled` is false."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.events: list[Event] = []
+        self.enabled = enabled
 
     def __call__(self, time: int, actor: str, kind: str, **details: Any) -> None:
-        self.events.append(Event(time, actor, kind, details))
+        if self.enabled:
+            self.events.append(Event(time, actor, kind, details))
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
