@@ -51,12 +51,12 @@ def test_options_cover_iommu_drivers_and_reset_devices(server: Path) -> None:
     base = next(c for c in cands if c.label == "crashkernel=256M")
     opts, refused, swept = option_candidates(str(server), base)
     assert [o.name for o in swept] == ["iommu", "nic_drivers", "storage_drivers", "reset_devices",
-                                         "kexec_method"]
-    assert len(opts) + len(refused) == 32
+                                         "kexec_method", "collector"]
+    assert len(opts) + len(refused) == 64
     labels = " | ".join(c.label for c in opts)
     assert "capture: intel_iommu=off" in labels and "capture: no reset_devices" in labels
     assert "initramfs with nic_rx_ring driver" in labels
-    assert "kexec.method=kexec_load" in labels
+    assert "kexec.method=kexec_load" in labels and "capture.collector=dd" in labels
     # the model's own options change nothing
     own = next(c for c in opts if c.label == "crashkernel=256M")
     assert own.changed == 0 and own.overrides["topology.iommu.capture_kernel"] == "copy_tables"

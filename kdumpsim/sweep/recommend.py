@@ -109,8 +109,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("reset_devices", "reset_devices on the capture kernel's command line", _reset_devices),
     field_option("kexec_method", "kexec.method", ("kexec_load", "kexec_file_load"),
                  "the loading method (kexec -c or kexec -s)"),
-    # one line per further option, e.g.
-    # field_option("collector", "capture.collector", ("dd", "makedumpfile")),
+    field_option("collector", "capture.collector", ("dd", "makedumpfile"),
+                 "the dump collector (dd of /proc/vmcore, or makedumpfile -d 31)"),
 )
 
 
