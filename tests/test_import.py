@@ -116,3 +116,53 @@ def test_missing_root_is_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["import", "--root", str(tmp_path / "nope")]) == 2
     assert main(["import", "--root", str(tmp_path)]) == 2
     assert "proc/iomem: no such file" in capsys.readouterr().err
+
+
+def _with_kdump_files(tmp_path: Path, kernel_rel: str, initrd_rel: str, release: str | None = None) -> Path:
+    import shutil
+    import struct
+    root = tmp_path / "tree"
+    shutil.copytree(DATA / "lab-guest", root, symlinks=True)
+    head = bytearray(40 * 512)                  # a bzImage setup header: 39 setup sectors, protocol 2.15
+    head[0x1F1] = 39
+    head[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", head, 0x206, 0x20F)
+    struct.pack_into("<I", head, 0x260, 48 * 1024 * 1024)
+    for rel, data in ((kernel_rel, bytes(head) + bytes(1 << 20)), (initrd_rel, bytes(3_000_000))):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    if release:
+        (root / "proc/sys/kernel").mkdir(parents=True, exist_ok=True)
+        (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+    return root
+
+
+@pytest.mark.parametrize("kernel_rel, initrd_rel, release", [
+    ("var/lib/kdump/vmlinuz", "var/lib/kdump/initrd.img", None),                        # Debian kdump-tools
+    ("boot/vmlinuz-6.1.0-1", "boot/initramfs-6.1.0-1kdump.img", "6.1.0-1")])          # RHEL kdumpctl
+def test_the_kdump_kernel_and_initrd_set_the_segments_and_the_need(tmp_path: Path, kernel_rel: str,
+                                                                   initrd_rel: str, release: str | None) -> None:
+    """The initrd kexec -p loads decides most of the capture kernel's memory need: the
+    imported model takes its size (and the kernel's from its setup header), named."""
+    root = _with_kdump_files(tmp_path, kernel_rel, initrd_rel, release)
+    imp = import_tree(root)
+    kx = imp.raw["kexec"]
+    assert (kx["capture_kernel_size"], kx["capture_kernel_init_size"], kx["initrd_size"]) == \
+        (1 << 20, 48 * 1024 * 1024, 3_000_000)
+    assert f"initrd_size: 3000000   # {root / initrd_rel}: its size" in imp.yaml_text
+    cfg = load_model_text(imp.yaml_text)
+    assert cfg.kexec.initrd_size == 3_000_000 and cfg.kexec.capture_kernel_init_size == 48 * 1024 * 1024
+    bare = import_tree(DATA / "lab-guest")
+    assert "initrd_size" not in bare.raw["kexec"] and any("kdump initrd was not found" in n for n in bare.notes)
+    # given on the command line, a file wins over the tree's
+    other = tmp_path / "other.img"
+    other.write_bytes(bytes(1000))
+    assert import_tree(root, kdump_initrd=other).raw["kexec"]["initrd_size"] == 1000
+
+
+def test_a_kdump_kernel_that_is_not_a_vmlinuz_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "vmlinuz"
+    bad.write_bytes(b"not a kernel" * 100)
+    assert main(["import", "--root", str(DATA / "lab-guest"), "--kdump-kernel", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "not a readable vmlinuz" in err[0]

@@ -33,6 +33,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--kdump-log", metavar="FILE",
                     help="a capture kernel's console or dmesg: sets the capture timing (boot, vmcore and IOMMU "
                          "init, each device's driver probe)")
+    sp.add_argument("--kdump-kernel", metavar="FILE",
+                    help="the vmlinuz kexec -p loads (default: where kdump-tools or kdumpctl keep it under --root)")
+    sp.add_argument("--kdump-initrd", metavar="FILE",
+                    help="the initrd kexec -p loads (default: /var/lib/kdump/initrd.img or "
+                         "/boot/initramfs-RELEASEkdump.img under --root)")
     sp.add_argument("--quiet", action="store_true", help="no report on stderr")
     sp.set_defaults(func=cmd_import)
 
@@ -44,7 +49,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from kdumpsim.importer.host import check, import_tree
     if not Path(args.root).is_dir():
         raise UsageError(f"--root {args.root}: not a directory (expected one holding proc/ and sys/)")
-    imported = import_tree(args.root, name=args.name, arch=args.arch, kdump_log=args.kdump_log)
+    imported = import_tree(args.root, name=args.name, arch=args.arch, kdump_log=args.kdump_log,
+                           kdump_kernel=args.kdump_kernel, kdump_initrd=args.kdump_initrd)
     if args.output:
         from kdumpsim.atomic import write_text
         write_text(args.output, imported.yaml_text)
@@ -59,6 +65,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         reserved = (f"{c[0]:#x}-{c[1]:#x} ({(c[1] - c[0] + 1) >> 20} MiB, /proc/iomem Crash kernel)" if c
                     else "none on this machine")
         print(f"reservation  {reserved} -> crashkernel={imported.raw['kexec']['crashkernel']}", file=err)
+        kx = imported.raw["kexec"]
+        print("kdump files  " + ", ".join(f"{k} {kx[k]}" for k in ("capture_kernel_size", "capture_kernel_init_size",
+                                                                   "initrd_size") if k in kx)
+              if "initrd_size" in kx or "capture_kernel_size" in kx
+              else "kdump files  not found (the initrd decides most of the capture kernel's need: --kdump-initrd)",
+              file=err)
         print(f"devices      {len(imported.raw['devices'])} imported, {len(imported.unclassified)} unclassified "
               "(listed as comments)", file=err)
         if "timing" in imported.raw:

@@ -10,6 +10,10 @@ What comes from where (every value in the YAML names its file in a comment):
 - /sys/kernel/kexec_crash_size, kexec_crash_loaded: cross-checks, reported.
 - --kdump-log FILE: a capture kernel's boot log -> timing and each device's
   probe_at / capture_driver (kdumpsim/importer/kdumplog.py).
+- The kdump kernel and initrd kexec loads (--kdump-kernel/--kdump-initrd, or
+  where the distribution keeps them: KDUMP_FILES) -> the kernel segment's
+  sizes from its setup header, kexec.initrd_size from the initrd's size; the
+  initrd decides most of the capture kernel's memory need.
 - /sys/devices/system/cpu/online, cpu*/topology/physical_package_id: CPUs, sockets.
 - /sys/devices/system/node/online: NUMA nodes.
 - /sys/bus/pci/devices/*/{class,vendor,device,driver,numa_node,iommu_group,dma_mask_bits}:
@@ -147,6 +151,13 @@ class _Tree:
             raise ConfigError(self.shown(rel), "", f"cannot list: {e.strerror or e}") from None
 
 
+# Where distributions keep the kernel and initrd that kexec -p loads (docs/SOURCES.md §14):
+# Debian/Ubuntu kdump-tools (/etc/default/kdump-tools KDUMP_KERNEL, KDUMP_INITRD), then
+# RHEL/Fedora kdumpctl (/boot/vmlinuz-$(uname -r), /boot/initramfs-$(uname -r)kdump.img).
+KDUMP_FILES = (("/var/lib/kdump/vmlinuz", "/var/lib/kdump/initrd.img"),
+               ("/boot/vmlinuz-{release}", "/boot/initramfs-{release}kdump.img"))
+
+
 # ---------------------------------------------------------------- parsers
 def parse_iomem(text: str, source: str) -> list[IomemLine]:
     out = []
@@ -206,7 +217,8 @@ def _int(text: str | None, source: str) -> int | None:
 
 # ---------------------------------------------------------------- the import
 def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x86_64",
-                kdump_log: str | Path | None = None) -> Imported:
+                kdump_log: str | Path | None = None, kdump_kernel: str | Path | None = None,
+                kdump_initrd: str | Path | None = None) -> Imported:
     t = _Tree(root)
     notes: list[str] = []
     src_iomem = t.shown("/proc/iomem")
@@ -285,6 +297,7 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
     if loaded is not None:
         notes.append(f"/sys/kernel/kexec_crash_loaded: {loaded} "
                      f"({'a capture kernel is loaded' if loaded else 'no capture kernel is loaded: kdump is not armed'})")
+    _kdump_files(t, raw, c, notes, kdump_kernel, kdump_initrd)
     if kernel_lines:
         # kernel.image: [start, end) per line, so the model's first kernel sits where this one does
         # (a KASLR kernel moves at each boot: this is the boot the files were read in).
@@ -318,6 +331,42 @@ def import_tree(root: str | Path = "/", name: str | None = None, arch: str = "x8
         notes.append(f"unclassified PCI device {u}")
     text = _emit(raw, c, notes, unclassified)
     return Imported(text, raw, kernel, crash, notes, unclassified)
+
+
+def _kdump_files(t: _Tree, raw: dict[str, Any], c: dict[str, str], notes: list[str],
+                 kernel: str | Path | None, initrd: str | Path | None) -> None:
+    """The capture kernel's sizes and the initrd's, from the files kexec -p loads."""
+    from kdumpsim.formats.bzimage import BzImageError, read_bzimage
+    release = (t.read("/proc/sys/kernel/osrelease") or "").strip()
+    found: list[tuple[Path, str]] = []       # (path, what names it)
+    for given, i in ((kernel, 0), (initrd, 1)):
+        if given is not None:
+            found.append((Path(given), f"--kdump-{('kernel', 'initrd')[i]} {given}"))
+            continue
+        paths = [pair[i].format(release=release) for pair in KDUMP_FILES if release or "{" not in pair[i]]
+        hit = next((rel for rel in paths if t.path(rel).is_file()), None)
+        found.append((t.path(hit), t.shown(hit)) if hit else (Path(), ""))
+    (kpath, ksrc), (ipath, isrc) = found
+    if ksrc:
+        try:
+            bz = read_bzimage(kpath)
+        except (OSError, BzImageError) as e:
+            raise ConfigError(ksrc.removeprefix("--kdump-kernel "), "", f"not a readable vmlinuz: {e}") from None
+        raw["kexec"]["capture_kernel_size"] = bz.payload_size
+        raw["kexec"]["capture_kernel_init_size"] = bz.init_size
+        c["kexec.capture_kernel_size"] = f"{ksrc}: the protected-mode kernel after {bz.setup_size} bytes of setup"
+        c["kexec.capture_kernel_init_size"] = f"{ksrc}: setup header init_size (offset 0x260)"
+    if isrc:
+        try:
+            size = ipath.stat().st_size
+        except OSError as e:
+            raise ConfigError(isrc.removeprefix("--kdump-initrd "), "", f"cannot read: {e.strerror or e}") from None
+        raw["kexec"]["initrd_size"] = size
+        c["kexec.initrd_size"] = f"{isrc}: its size"
+    else:
+        notes.append("the kdump initrd was not found (" + ", ".join(p[1] for p in KDUMP_FILES)
+                     + "): kexec.initrd_size is the schema's default, and it decides most of the capture "
+                       "kernel's memory need; give --kdump-initrd FILE")
 
 
 def _params(cmdline: str) -> dict[str, list[str]]:
@@ -442,6 +491,9 @@ def _emit(raw: dict[str, Any], c: dict[str, str], notes: list[str], unclassified
         L += [f"    - [{_q(s)}, {_q(e)}]" for s, e in raw["kernel"]["image"]]
     L.append("kexec:")
     L.append(f"  crashkernel: {_q(raw['kexec']['crashkernel'])}{_comment(c.get('kexec.crashkernel'))}")
+    for key in ("capture_kernel_size", "capture_kernel_init_size", "initrd_size"):
+        if key in raw["kexec"]:
+            L.append(f"  {key}: {raw['kexec'][key]}{_comment(c.get('kexec.' + key))}")
     if "timing" in raw:
         L.append("timing:")
         L += [f"  {k}: {_q(v)}{_comment(c.get('timing.' + k))}" for k, v in raw["timing"].items()]
