@@ -219,12 +219,14 @@ def option_candidates(model_path: str, base: Candidate) -> tuple[list[Candidate]
 
 def _lays_out(model_path: str, overrides: dict[str, Any]) -> str | None:
     from kdumpsim.config.model import model_from_dict, read_yaml
-    from kdumpsim.errors import KdumpsimError
+    from kdumpsim.errors import KdumpsimError, LayoutError
     from kdumpsim.sweep.design import lay_out
     try:
         lay_out(model_from_dict(read_yaml(model_path), model_path, overrides))
+    except LayoutError as e:
+        return e.message
     except KdumpsimError as e:
-        return str(e).split(": ", 1)[-1]
+        return str(e).split(": ", 1)[-1]      # ConfigError: "FILE: field: why"
     return None
 
 
