@@ -164,3 +164,17 @@ def test_timing_profiles():
     assert cfg.timing.dump_start_delay == 1_000_000_000      # an explicit field overrides the profile
     default = load_model(MODEL)
     assert default.timing.profile == "server" and default.timing.capture_boot == 4_500_000_000
+
+
+def test_a_cma_area_is_capture_kernel_ram_and_dma_into_its_used_pages_crashes_it():
+    """crashkernel=,cma pages are handed to the capture kernel as RAM: its allocator
+    uses them, so a stalled controller still writing there after the jump hits them."""
+    nvme = ("devices=[{name: nvme0, kind: storage, bus: pcie1, queues: 8, commands: 256, command_size: 64K, "
+            "placement: {mode: cma}, latency_median: 1s, latency_p999: 30s}]")
+    run = simulate(load_model(MODEL, ["cpus.count=8", "kexec.crashkernel_cma=512M", nvme,
+                                      "timing.cma_dma_wait=0s"]), 3)
+    cma = run.machine.cma
+    assert cma is not None and any(cma[0] <= u.start and u.end <= cma[1] for u in run.capture_mem.uses)
+    assert run.outcome == "capture_kernel_crashed"
+    hit = next(e for e in run.trace if e.kind == "dma_into_capture_memory")
+    assert cma[0] <= hit.details["addr"] < cma[1]

@@ -194,7 +194,10 @@ class CaptureMemory:
     def __post_init__(self) -> None:
         m = self.run.machine
         self.spans = list(m.reservation.spans)
-        self.free = FreeRanges(list(self.spans))
+        # a crashkernel=,cma area is capture-kernel RAM too (crash_setup_memmap_entries,
+        # docs/SOURCES.md §11): its pages are handed out like the reservation's
+        self.ram = sorted(self.spans + ([m.cma] if m.cma else []))
+        self.free = FreeRanges(list(self.ram))
         for seg in self.run.image.segments:      # in use until consumed (purgatory: done at the jump)
             if seg.name != "purgatory":
                 self.free.remove(seg.start, seg.end)
@@ -293,7 +296,7 @@ class CaptureMemory:
         self._free_segment("kernel")
         self.free.remove(self.kernel_at, self.kernel_at + size)     # decompressed in place: still the kernel
         self._free_segment("params")
-        early = memmap_size(self.spans) + EARLY_MEMBLOCK
+        early = memmap_size(self.ram) + EARLY_MEMBLOCK
         if not self._alloc("kernel_memblock", early, "mem_map and early memblock allocations"):
             return
         if self.need.low and not self._alloc("swiotlb", self.need.low, "swiotlb in the low region", low=True):
@@ -333,7 +336,7 @@ class CaptureMemory:
 
     def on_dma(self, addr: int, size: int, time: int, actor: str) -> None:
         """A device wrote [addr, addr+size) at `time` (the write path calls this)."""
-        if time < self.jump or not self.run.machine.reservation.overlaps(addr, addr + size):
+        if time < self.jump or not any(s < addr + size and addr < e for s, e in self.ram):
             return
         for kind, n in self.kind_at(addr, size, time):
             first = kind not in self.hits
