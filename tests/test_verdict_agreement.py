@@ -29,6 +29,7 @@ base:
     topology.buses.1.numa_node: 0
     memory.iomem: ["00001000-0009fbff : System RAM", "00100000-1fffffff : System RAM"]
     kexec.crashkernel: 128M
+    kexec.initrd_size: 8M       # the default 28M, unpacked, does not fit the capture kernel in 128M
     capture.collector: dd
     devices:
       - {{name: cap0, kind: cyclic, bus: pcie0, buffer_size: 256K, chunk: 16K, period: 10ms, capture_driver: false}}
