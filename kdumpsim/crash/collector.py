@@ -124,11 +124,26 @@ class _Cycle:
     prefix: list[int] = field(default_factory=list)               # kept pages before each block of the cycle
 
 
+@dataclass
+class _Block:
+    """One block's pfns as makedumpfile sees them (for the overrides known when built)."""
+    cls: np.ndarray             # page class (kdumpsim.firstkernel.mm) of the unmodified first kernel
+    kept: np.ndarray            # read by makedumpfile (in the PT_LOADs, not excluded by struct page)
+    cum: np.ndarray             # kept pages up to and including each pfn of the block
+
+
+BLOCK_CACHE = 128               # blocks kept built (128 KiB each): memory does not grow with RAM
+
+
 class MakedumpfileCopy:
     """makedumpfile -d dump_level reading /proc/vmcore (see the module doc).
     Built when the copy starts; `decide(cycle)` runs once simulated time has
     passed the cycle's mem_map read (the capture process calls it), so the
-    struct pages are read as DMA left them then."""
+    struct pages are read as DMA left them then.
+
+    Cost: a block's classes, keep mask and running kept count are built once
+    (vectorised) and cached; a page's all-zeros test at its read time is
+    made once; struct pages are re-judged only in mem_map pages DMA wrote."""
 
     collector = "makedumpfile"
 
@@ -138,6 +153,8 @@ class MakedumpfileCopy:
         self.k, self.mem, self.dump_level = k, mem, dump_level
         self._excluded_set = excluded_classes(dump_level)
         self.excluded = np.array(sorted(self._excluded_set), dtype=np.uint8)
+        self._excluded_lut = np.zeros(256, dtype=bool)
+        self._excluded_lut[self.excluded] = True
         self.page_ns = PAGE * NS_PER_S / throughput
         self.spage_ns = SPAGE * NS_PER_S / throughput
         # The pfns makedumpfile dumps: those whose first byte is in a PT_LOAD (is_in_segs).
@@ -151,12 +168,15 @@ class MakedumpfileCopy:
         cyclic = max_mapnr * 2 > per_cycle          # both bitmaps must fit the buffer for one pass
         step = per_cycle if cyclic else max(max_mapnr, 1)
         self.cycles = [_Cycle(lo, min(lo + step, max_mapnr)) for lo in range(0, max_mapnr, step)]
+        self._cycle_los = [c.lo for c in self.cycles]
         self.cyclic = cyclic
         # get_num_dumpable_cyclic: in cyclic mode all of mem_map is read once to count first.
         self.count_pass_end = start + int(self.in_segs(0, max_mapnr) * self.spage_ns) if cyclic else start
         self.overrides: dict[int, bool] = {}        # pfn -> excluded, where mem_map as read says otherwise
         self.struct_pages_changed = 0
-        self._blocks: dict[int, np.ndarray] = {}    # a few blocks' kept masks (bounded cache)
+        self._blocks: dict[int, _Block] = {}        # built blocks (bounded cache)
+        self._painted: tuple[int, bool] = (-1, False)   # (allocations seen, page_classes_range exact)
+        self._zero_at: dict[tuple[int, int], bool] = {}  # (pfn, read time) -> read as all zeros
         self._zero: int | None = None
 
     def begin(self, c: _Cycle, now: int) -> None:
@@ -181,7 +201,7 @@ class MakedumpfileCopy:
         return i >= 0 and pfn < self.spans[i][1]
 
     def cycle_of(self, pfn: int) -> _Cycle:
-        return self.cycles[min(len(self.cycles) - 1, bisect.bisect_right([c.lo for c in self.cycles], pfn) - 1)]
+        return self.cycles[min(len(self.cycles) - 1, bisect.bisect_right(self._cycle_los, pfn) - 1)]
 
     def memmap_read_time(self, pfn: int) -> int:
         c = self.cycle_of(pfn)
@@ -197,10 +217,9 @@ class MakedumpfileCopy:
             if not self.in_segs(b * BLOCK, (b + 1) * BLOCK):
                 c.block_kept[b] = 0
                 continue
-            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
-            mask = self._kept_mask(b, cls)
-            c.block_kept[b] = int(mask.sum())
-            c.zero_class += int((mask & (cls == FK.ZERO)).sum())
+            blk = self._block(b)
+            c.block_kept[b] = int(blk.cum[-1])
+            c.zero_class += int(np.count_nonzero(blk.kept & (blk.cls == FK.ZERO)))
         c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
         c.decided = True
 
@@ -212,14 +231,17 @@ class MakedumpfileCopy:
         sections = k.sections_array()
         skip_until = -1
         for mpfn in mem.touched_in(start, end):
-            for addr in range(max(start, mpfn * PAGE), min(end, (mpfn + 1) * PAGE), SPAGE):
+            page_at = _PageAt(mem, mpfn)
+            truth = page_at(0)
+            base = mpfn * PAGE
+            for addr in range(max(start, base), min(end, base + PAGE), SPAGE):
                 idx = (addr - start) // SPAGE
                 pfn = int(sections[idx // FK.PAGES_PER_SECTION]) * FK.PAGES_PER_SECTION + idx % FK.PAGES_PER_SECTION
                 if not (c.lo <= pfn < c.hi) or not self.is_dumped(pfn) or pfn <= skip_until:
                     continue
-                at = self.memmap_read_time(pfn)
-                seen, truth = mem.read(addr, SPAGE, at), mem.read(addr, SPAGE, 0)
-                if seen == truth:
+                off = addr - base
+                seen = page_at(self.memmap_read_time(pfn))[off:off + SPAGE]
+                if seen == truth[off:off + SPAGE]:
                     continue
                 self.struct_pages_changed += 1
                 excluded, n = struct_page_verdict(np.frombuffer(seen, "<u8").tolist(), k.pg, self.dump_level)
@@ -228,26 +250,43 @@ class MakedumpfileCopy:
                         self.overrides[p] = excluded
                 skip_until = pfn + n - 1          # a buddy block's struct pages are not read again
 
-    def _kept_mask(self, b: int, cls: np.ndarray | None = None) -> np.ndarray:
-        """Block b's pfns makedumpfile reads (in the PT_LOADs, not excluded by struct page)."""
-        mask = self._blocks.get(b)
-        if mask is not None:
-            return mask
-        if cls is None:
-            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
-        mask = ~np.isin(cls, self.excluded)
+    def _classes(self, lo: int, hi: int) -> np.ndarray:
+        """page_classes of pfns [lo, hi): painted ranges where that is exact."""
+        taken = getattr(self.k.m, "taken", None)
+        n = len(taken.starts) if taken is not None else 0
+        if self._painted[0] != n:
+            self._painted = (n, self.k.ranges_disjoint())
+        if self._painted[1]:
+            return self.k.page_classes_range(lo, hi)
+        return self.k.page_classes(np.arange(lo, hi, dtype=np.uint64))
+
+    def _block(self, b: int) -> _Block:
+        """Block b built: classes, pfns makedumpfile reads, their running count."""
+        blk = self._blocks.get(b)
+        if blk is not None:
+            return blk
+        lo = b * BLOCK
+        cls = self._classes(lo, lo + BLOCK)
+        kept = ~self._excluded_lut[cls]
         inseg = np.zeros(BLOCK, dtype=bool)
-        for a, e in self.spans:
-            lo, hi = max(a, b * BLOCK), min(e, (b + 1) * BLOCK)
-            if lo < hi:
-                inseg[lo - b * BLOCK:hi - b * BLOCK] = True
-        mask &= inseg
-        for p in _range_keys(self.overrides, b * BLOCK, (b + 1) * BLOCK):
-            mask[p - b * BLOCK] = not self.overrides[p]
-        if len(self._blocks) >= 8:
+        for i in range(max(0, bisect.bisect_right(self._span_starts, lo) - 1), len(self.spans)):
+            a, e = self.spans[i]
+            if a >= lo + BLOCK:
+                break
+            if max(a, lo) < min(e, lo + BLOCK):
+                inseg[max(a, lo) - lo:min(e, lo + BLOCK) - lo] = True
+        kept &= inseg
+        for p in _range_keys(self.overrides, lo, lo + BLOCK):
+            kept[p - lo] = not self.overrides[p]
+        blk = _Block(cls, kept, np.cumsum(kept, dtype=np.uint16 if BLOCK < 1 << 16 else np.uint32))
+        if len(self._blocks) >= BLOCK_CACHE:
             self._blocks.pop(next(iter(self._blocks)))
-        self._blocks[b] = mask
-        return mask
+        self._blocks[b] = blk
+        return blk
+
+    def _kept_mask(self, b: int) -> np.ndarray:
+        """Block b's pfns makedumpfile reads (in the PT_LOADs, not excluded by struct page)."""
+        return self._block(b).kept
 
     def read_by_makedumpfile(self, pfn: int) -> bool:
         """In the second bitmap: makedumpfile reads the page (zero pages included)."""
@@ -255,7 +294,7 @@ class MakedumpfileCopy:
             return False
         if pfn in self.overrides:
             return not self.overrides[pfn]
-        return self.k.page_class(pfn) not in self._excluded_set
+        return not self._excluded_lut[self._block(pfn // BLOCK).cls[pfn % BLOCK]]
 
     def page_read_time(self, pfn: int) -> int:
         """When makedumpfile reads page pfn (an excluded page: when its struct page was read)."""
@@ -265,9 +304,17 @@ class MakedumpfileCopy:
         if not c.decided:
             self.decide(c)
         b = pfn // BLOCK
-        blocks = sorted(c.block_kept)
-        before = c.prefix[bisect.bisect_left(blocks, b)] + int(self._kept_mask(b)[:pfn % BLOCK].sum())
+        blk = self._block(b)
+        before = c.prefix[b - c.lo // BLOCK] + int(blk.cum[pfn % BLOCK]) - 1     # pfn itself is kept
         return c.pages_start + int(before * self.page_ns)
+
+    def _zero_when_read(self, pfn: int) -> bool:
+        """Page pfn (one makedumpfile reads) is all zeros at its read time."""
+        at = self.page_read_time(pfn)
+        z = self._zero_at.get((pfn, at))
+        if z is None:
+            z = self._zero_at[(pfn, at)] = _is_zero(self.mem.page(pfn, at))
+        return z
 
     # ------------------------------------------------------------ the VmcoreCopy interface
     def pfn_at(self, offset: int) -> int:
@@ -285,7 +332,7 @@ class MakedumpfileCopy:
             return False
         if not self.dump_level & DL_EXCLUDE_ZERO:
             return True
-        return not _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
+        return not self._zero_when_read(pfn)
 
     def cycle_end(self, c: _Cycle) -> int:
         if not c.decided:
@@ -310,13 +357,13 @@ class MakedumpfileCopy:
         out = np.zeros(hi - lo, dtype=bool)
         for b in range(lo // BLOCK, -(-hi // BLOCK)):
             a, e = max(lo, b * BLOCK), min(hi, (b + 1) * BLOCK)
-            cls = self.k.page_classes(np.arange(a, e, dtype=np.uint64))
-            mask = self._kept_mask(b)[a - b * BLOCK:e - b * BLOCK].copy()
+            blk = self._block(b)
+            mask = blk.kept[a - b * BLOCK:e - b * BLOCK].copy()
             if self.dump_level & DL_EXCLUDE_ZERO:
-                mask &= cls != FK.ZERO
+                mask &= blk.cls[a - b * BLOCK:e - b * BLOCK] != FK.ZERO
                 for p in self.mem.touched_in(a * PAGE, e * PAGE):
                     if self.read_by_makedumpfile(p):
-                        mask[p - a] = not _is_zero(self.mem.page(p, self.page_read_time(p)))
+                        mask[p - a] = not self._zero_when_read(p)
             out[a - lo:e - lo] = mask
         return out
 
@@ -334,8 +381,8 @@ class MakedumpfileCopy:
         n = sum(c.zero_class for c in self.cycles if c.decided)
         for pfn in self.mem.touched_pfns():
             if self.read_by_makedumpfile(pfn):
-                zero_now = _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
-                n += int(zero_now) - int(self.k.page_class(pfn) == FK.ZERO)
+                was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
+                n += int(self._zero_when_read(pfn)) - int(was_zero)
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
@@ -347,6 +394,24 @@ class MakedumpfileCopy:
         pfns = np.array(sorted(self.overrides), dtype=np.uint64)
         base = np.isin(self.k.page_classes(pfns), self.excluded)
         return int(sum(b != self.overrides[int(p)] for p, b in zip(pfns, base)))
+
+
+class _PageAt:
+    """One page's content at read times, each distinct content read once: it
+    changes only at the times something wrote it."""
+
+    def __init__(self, mem: PhysicalMemory, pfn: int):
+        self.mem, self.pfn = mem, pfn
+        deltas = getattr(mem, "deltas", {}).get(pfn)
+        self.times = sorted({d.time for d in deltas}) if deltas else None
+        self._seen: dict[int, bytes | memoryview] = {}
+
+    def __call__(self, at: int) -> bytes | memoryview:
+        key = bisect.bisect_right(self.times, at) if self.times is not None else at
+        page = self._seen.get(key)
+        if page is None:
+            page = self._seen[key] = self.mem.page(self.pfn, at)
+        return page
 
 
 def _is_zero(page: bytes | memoryview) -> bool:
