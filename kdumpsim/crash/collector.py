@@ -178,6 +178,8 @@ class MakedumpfileCopy:
         self._painted: tuple[int, bool] = (-1, False)   # (allocations seen, page_classes_range exact)
         self._zero_at: dict[tuple[int, int], bool] = {}  # (pfn, read time) -> read as all zeros
         self._zero: int | None = None
+        self._settled = not self.cycles             # every cycle decided: read times are fixed
+        self._read_at: dict[int, int] = {}          # pfn -> read time, once settled
 
     def begin(self, c: _Cycle, now: int) -> None:
         """Cycle c starts now: its struct pages, then its pages."""
@@ -222,6 +224,7 @@ class MakedumpfileCopy:
             c.zero_class += int(np.count_nonzero(blk.kept & (blk.cls == FK.ZERO)))
         c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
         c.decided = True
+        self._settled = all(c.decided for c in self.cycles)
 
     def _struct_page_overrides(self, c: _Cycle) -> None:
         k, mem, start = self.k, self.mem, self.k.memmap
@@ -298,6 +301,14 @@ class MakedumpfileCopy:
 
     def page_read_time(self, pfn: int) -> int:
         """When makedumpfile reads page pfn (an excluded page: when its struct page was read)."""
+        if self._settled:
+            at = self._read_at.get(pfn)
+            if at is None:
+                at = self._read_at[pfn] = self._page_read_time(pfn)
+            return at
+        return self._page_read_time(pfn)
+
+    def _page_read_time(self, pfn: int) -> int:
         if not self.read_by_makedumpfile(pfn):
             return self.memmap_read_time(pfn)
         c = self.cycle_of(pfn)
@@ -315,6 +326,25 @@ class MakedumpfileCopy:
         if z is None:
             z = self._zero_at[(pfn, at)] = _is_zero(self.mem.page(pfn, at))
         return z
+
+    def settled(self) -> bool:
+        """Every cycle decided: what makedumpfile reads, and when, is fixed."""
+        return self._settled
+
+    def read_kept_page(self, pfn: int) -> tuple[bytes | None, int]:
+        """(page pfn as makedumpfile read it, its read time); None if the page
+        is not in the dump (excluded, or read as all zeros)."""
+        if not self.read_by_makedumpfile(pfn):
+            return None, 0
+        at = self.page_read_time(pfn)
+        page = self.mem.read(pfn * PAGE, PAGE, at)
+        if self.dump_level & DL_EXCLUDE_ZERO:
+            z = self._zero_at.get((pfn, at))
+            if z is None:
+                z = self._zero_at[(pfn, at)] = _is_zero(page)
+            if z:
+                return None, at
+        return page, at
 
     # ------------------------------------------------------------ the VmcoreCopy interface
     def pfn_at(self, offset: int) -> int:
@@ -379,13 +409,31 @@ class MakedumpfileCopy:
         if self._zero is not None:
             return self._zero
         n = sum(c.zero_class for c in self.cycles if c.decided)
-        for pfn in self.mem.touched_pfns():
+        touched = self.mem.touched_pfns()
+        # Settled, asking in any order gives the same answers: pick the pages
+        # makedumpfile read block by block. Otherwise a page's read time may
+        # decide its cycle, which changes the later answers: one by one.
+        for pfn in (self._read_among(touched) if self.settled() else touched):
             if self.read_by_makedumpfile(pfn):
                 was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
                 n += int(self._zero_when_read(pfn)) - int(was_zero)
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
+
+    def _read_among(self, pfns: list[int]) -> list[int]:
+        """The sorted pfns makedumpfile reads, block by block."""
+        arr = np.array(pfns, dtype=np.int64)
+        out: list[int] = []
+        for a, e in self.spans:
+            lo, hi = np.searchsorted(arr, [a, e])
+            while lo < hi:
+                b = int(arr[lo]) // BLOCK
+                stop = min(hi, int(np.searchsorted(arr, (b + 1) * BLOCK)))
+                part = arr[lo:stop]
+                out += part[self._block(b).kept[part - b * BLOCK]].tolist()
+                lo = stop
+        return out
 
     def keep_set_changed(self) -> int:
         """Pages whose fate mem_map as read decided otherwise than mem_map at the panic."""
@@ -414,8 +462,12 @@ class _PageAt:
         return page
 
 
+_ZERO_PAGE = bytes(PAGE)
+
+
 def _is_zero(page: bytes | memoryview) -> bool:
-    return not bytes(page).strip(b"\0")
+    data = bytes(page)
+    return data == _ZERO_PAGE if len(data) == PAGE else not data.strip(b"\0")
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
