@@ -20,6 +20,9 @@ from tests.conftest import SMALL_MODERN, load_named
 DATA = Path(__file__).parent / "data" / "mdf_equivalence.json"
 MiB = 1 << 20
 MEMMAP_SMALL = 0x37000000        # mem_map of the small modern machine (test_collector.py)
+BIG = ('memory.iomem=["00001000-0009fbff : System RAM", "00100000-27ffffffff : System RAM"]',
+       "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1",
+       "cpus.panic_cpu=1", "kexec.crashkernel=512M")   # mem_map at 0x2760000000
 
 
 def ring(start: str, lo: int, hi: int, size: str = "256K", chunk: str = "16K", period: str = "10ms") -> str:
@@ -49,6 +52,9 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[int, ...], bool]] = {
     "modern_memmap_ring": ("modern-x86_64", (ring("0ms", 0x2_7800_0000, 0x2_7900_0000, "2M", "64K", "1ms"),),
                            (7,), False),
     "rhel8": ("rhel8-x86_64", (), (0,), False),
+    # 160 GiB: makedumpfile works in two cycles; DMA rewrites the first struct pages of mem_map.
+    "cyclic_memmap_ring": ("modern-x86_64", BIG + (ring("0ms", 0x27_6000_0000, 0x27_6100_0000, "2M", "64K", "1ms"),),
+                           (3,), False),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 from tests.mdf_cases import CASES, DATA, fingerprint
 
 EXPECTED = json.loads(DATA.read_text())
-SLOW = {"modern", "modern_memmap_ring", "rhel8"}
+SLOW = {"modern", "modern_memmap_ring", "rhel8", "cyclic_memmap_ring"}
 
 
 def _params():

@@ -129,10 +129,11 @@ class _Block:
     """One block's pfns as makedumpfile sees them (for the overrides known when built)."""
     cls: np.ndarray             # page class (kdumpsim.firstkernel.mm) of the unmodified first kernel
     kept: np.ndarray            # read by makedumpfile (in the PT_LOADs, not excluded by struct page)
-    cum: np.ndarray             # kept pages up to and including each pfn of the block
+    count: int                  # kept pages in the block
+    cum: np.ndarray | None = None   # kept pages up to and including each pfn (built when asked)
 
 
-BLOCK_CACHE = 128               # blocks kept built (128 KiB each): memory does not grow with RAM
+BLOCK_CACHE = 128               # blocks kept built (64-192 KiB each): memory does not grow with RAM
 
 
 class MakedumpfileCopy:
@@ -180,6 +181,7 @@ class MakedumpfileCopy:
         self._zero: int | None = None
         self._settled = not self.cycles             # every cycle decided: read times are fixed
         self._read_at: dict[int, int] = {}          # pfn -> read time, once settled
+        self._written_read_at: dict[int, int] | None = None  # the same for written pages makedumpfile reads
 
     def begin(self, c: _Cycle, now: int) -> None:
         """Cycle c starts now: its struct pages, then its pages."""
@@ -220,7 +222,7 @@ class MakedumpfileCopy:
                 c.block_kept[b] = 0
                 continue
             blk = self._block(b)
-            c.block_kept[b] = int(blk.cum[-1])
+            c.block_kept[b] = blk.count
             c.zero_class += int(np.count_nonzero(blk.kept & (blk.cls == FK.ZERO)))
         c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
         c.decided = True
@@ -281,7 +283,7 @@ class MakedumpfileCopy:
         kept &= inseg
         for p in _range_keys(self.overrides, lo, lo + BLOCK):
             kept[p - lo] = not self.overrides[p]
-        blk = _Block(cls, kept, np.cumsum(kept, dtype=np.uint16 if BLOCK < 1 << 16 else np.uint32))
+        blk = _Block(cls, kept, int(np.count_nonzero(kept)))
         if len(self._blocks) >= BLOCK_CACHE:
             self._blocks.pop(next(iter(self._blocks)))
         self._blocks[b] = blk
@@ -316,6 +318,8 @@ class MakedumpfileCopy:
             self.decide(c)
         b = pfn // BLOCK
         blk = self._block(b)
+        if blk.cum is None:
+            blk.cum = np.cumsum(blk.kept.view(np.uint8), dtype=np.int32)
         before = c.prefix[b - c.lo // BLOCK] + int(blk.cum[pfn % BLOCK]) - 1     # pfn itself is kept
         return c.pages_start + int(before * self.page_ns)
 
@@ -334,9 +338,11 @@ class MakedumpfileCopy:
     def read_kept_page(self, pfn: int) -> tuple[bytes | None, int]:
         """(page pfn as makedumpfile read it, its read time); None if the page
         is not in the dump (excluded, or read as all zeros)."""
-        if not self.read_by_makedumpfile(pfn):
-            return None, 0
-        at = self.page_read_time(pfn)
+        at = self._written_read_times().get(pfn)
+        if at is None:
+            if not self.read_by_makedumpfile(pfn):
+                return None, 0
+            at = self.page_read_time(pfn)
         page = self.mem.read(pfn * PAGE, PAGE, at)
         if self.dump_level & DL_EXCLUDE_ZERO:
             z = self._zero_at.get((pfn, at))
@@ -420,6 +426,28 @@ class MakedumpfileCopy:
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
+
+    def _written_read_times(self) -> dict[int, int]:
+        """Once settled: the read time of every written page makedumpfile
+        reads, computed at once (page_read_time's arithmetic, vectorised)."""
+        if self._written_read_at is not None:
+            return self._written_read_at
+        if not self._settled:
+            return {}
+        pfns = np.array(self._read_among(self.mem.touched_pfns()), dtype=np.int64)
+        times = np.empty(len(pfns), dtype=np.int64)
+        lo = 0
+        while lo < len(pfns):
+            b = int(pfns[lo]) // BLOCK
+            hi = int(np.searchsorted(pfns, (b + 1) * BLOCK))
+            c = self.cycle_of(b * BLOCK)
+            kept_at = np.flatnonzero(self._block(b).kept)
+            before = np.searchsorted(kept_at, pfns[lo:hi] - b * BLOCK) + c.prefix[b - c.lo // BLOCK]
+            times[lo:hi] = c.pages_start + (before * self.page_ns).astype(np.int64)
+            lo = hi
+        self._written_read_at = dict(zip(pfns.tolist(), times.tolist()))
+        self._read_at.update(self._written_read_at)
+        return self._written_read_at
 
     def _read_among(self, pfns: list[int]) -> list[int]:
         """The sorted pfns makedumpfile reads, block by block."""
