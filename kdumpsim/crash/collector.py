@@ -175,6 +175,7 @@ class MakedumpfileCopy:
         self.count_pass_end = start + int(self.in_segs(0, max_mapnr) * self.spage_ns) if cyclic else start
         self.overrides: dict[int, bool] = {}        # pfn -> excluded, where mem_map as read says otherwise
         self.struct_pages_changed = 0
+        self._overridden: dict[int, set[int]] = {}  # block -> its pfns in overrides
         self._blocks: dict[int, _Block] = {}        # built blocks (bounded cache)
         self._painted: tuple[int, bool] = (-1, False)   # (allocations seen, page_classes_range exact)
         self._zero_at: dict[tuple[int, int], bool] = {}  # (pfn, read time) -> read as all zeros
@@ -253,6 +254,7 @@ class MakedumpfileCopy:
                 for p in range(pfn, min(pfn + n, c.hi)):
                     if self.is_dumped(p):
                         self.overrides[p] = excluded
+                        self._overridden.setdefault(p // BLOCK, set()).add(p)
                 skip_until = pfn + n - 1          # a buddy block's struct pages are not read again
 
     def _classes(self, lo: int, hi: int) -> np.ndarray:
@@ -281,17 +283,13 @@ class MakedumpfileCopy:
             if max(a, lo) < min(e, lo + BLOCK):
                 inseg[max(a, lo) - lo:min(e, lo + BLOCK) - lo] = True
         kept &= inseg
-        for p in _range_keys(self.overrides, lo, lo + BLOCK):
+        for p in self._overridden.get(b, ()):
             kept[p - lo] = not self.overrides[p]
         blk = _Block(cls, kept, int(np.count_nonzero(kept)))
         if len(self._blocks) >= BLOCK_CACHE:
             self._blocks.pop(next(iter(self._blocks)))
         self._blocks[b] = blk
         return blk
-
-    def _kept_mask(self, b: int) -> np.ndarray:
-        """Block b's pfns makedumpfile reads (in the PT_LOADs, not excluded by struct page)."""
-        return self._block(b).kept
 
     def read_by_makedumpfile(self, pfn: int) -> bool:
         """In the second bitmap: makedumpfile reads the page (zero pages included)."""
@@ -508,7 +506,3 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((a, b))
     return out
-
-
-def _range_keys(d: dict[int, bool], lo: int, hi: int) -> list[int]:
-    return [p for p in d if lo <= p < hi]
