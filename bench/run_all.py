@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import bench_baseline
+import bench_collector
 import bench_crash
 import bench_engine
 import bench_sha256
@@ -18,7 +19,7 @@ from common import machine
 
 def main() -> int:
     print(f"machine: {machine()}\n")
-    for mod in (bench_baseline, bench_engine, bench_crash, bench_sweep, bench_vmcore, bench_sha256):
+    for mod in (bench_baseline, bench_engine, bench_crash, bench_collector, bench_sweep, bench_vmcore, bench_sha256):
         mod.main()
         print()
     return 0

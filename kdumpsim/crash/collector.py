@@ -124,11 +124,27 @@ class _Cycle:
     prefix: list[int] = field(default_factory=list)               # kept pages before each block of the cycle
 
 
+@dataclass
+class _Block:
+    """One block's pfns as makedumpfile sees them (for the overrides known when built)."""
+    cls: np.ndarray             # page class (kdumpsim.firstkernel.mm) of the unmodified first kernel
+    kept: np.ndarray            # read by makedumpfile (in the PT_LOADs, not excluded by struct page)
+    count: int                  # kept pages in the block
+    cum: np.ndarray | None = None   # kept pages up to and including each pfn (built when asked)
+
+
+BLOCK_CACHE = 128               # blocks kept built (64-192 KiB each): memory does not grow with RAM
+
+
 class MakedumpfileCopy:
     """makedumpfile -d dump_level reading /proc/vmcore (see the module doc).
     Built when the copy starts; `decide(cycle)` runs once simulated time has
     passed the cycle's mem_map read (the capture process calls it), so the
-    struct pages are read as DMA left them then."""
+    struct pages are read as DMA left them then.
+
+    Cost: a block's classes, keep mask and running kept count are built once
+    (vectorised) and cached; a page's all-zeros test at its read time is
+    made once; struct pages are re-judged only in mem_map pages DMA wrote."""
 
     collector = "makedumpfile"
 
@@ -138,6 +154,8 @@ class MakedumpfileCopy:
         self.k, self.mem, self.dump_level = k, mem, dump_level
         self._excluded_set = excluded_classes(dump_level)
         self.excluded = np.array(sorted(self._excluded_set), dtype=np.uint8)
+        self._excluded_lut = np.zeros(256, dtype=bool)
+        self._excluded_lut[self.excluded] = True
         self.page_ns = PAGE * NS_PER_S / throughput
         self.spage_ns = SPAGE * NS_PER_S / throughput
         # The pfns makedumpfile dumps: those whose first byte is in a PT_LOAD (is_in_segs).
@@ -151,13 +169,20 @@ class MakedumpfileCopy:
         cyclic = max_mapnr * 2 > per_cycle          # both bitmaps must fit the buffer for one pass
         step = per_cycle if cyclic else max(max_mapnr, 1)
         self.cycles = [_Cycle(lo, min(lo + step, max_mapnr)) for lo in range(0, max_mapnr, step)]
+        self._cycle_los = [c.lo for c in self.cycles]
         self.cyclic = cyclic
         # get_num_dumpable_cyclic: in cyclic mode all of mem_map is read once to count first.
         self.count_pass_end = start + int(self.in_segs(0, max_mapnr) * self.spage_ns) if cyclic else start
         self.overrides: dict[int, bool] = {}        # pfn -> excluded, where mem_map as read says otherwise
         self.struct_pages_changed = 0
-        self._blocks: dict[int, np.ndarray] = {}    # a few blocks' kept masks (bounded cache)
+        self._overridden: dict[int, set[int]] = {}  # block -> its pfns in overrides
+        self._blocks: dict[int, _Block] = {}        # built blocks (bounded cache)
+        self._painted: tuple[int, bool] = (-1, False)   # (allocations seen, page_classes_range exact)
+        self._zero_at: dict[tuple[int, int], bool] = {}  # (pfn, read time) -> read as all zeros
         self._zero: int | None = None
+        self._settled = not self.cycles             # every cycle decided: read times are fixed
+        self._read_at: dict[int, int] = {}          # pfn -> read time, once settled
+        self._written_read_at: dict[int, int] | None = None  # the same for written pages makedumpfile reads
 
     def begin(self, c: _Cycle, now: int) -> None:
         """Cycle c starts now: its struct pages, then its pages."""
@@ -181,7 +206,7 @@ class MakedumpfileCopy:
         return i >= 0 and pfn < self.spans[i][1]
 
     def cycle_of(self, pfn: int) -> _Cycle:
-        return self.cycles[min(len(self.cycles) - 1, bisect.bisect_right([c.lo for c in self.cycles], pfn) - 1)]
+        return self.cycles[min(len(self.cycles) - 1, bisect.bisect_right(self._cycle_los, pfn) - 1)]
 
     def memmap_read_time(self, pfn: int) -> int:
         c = self.cycle_of(pfn)
@@ -197,12 +222,12 @@ class MakedumpfileCopy:
             if not self.in_segs(b * BLOCK, (b + 1) * BLOCK):
                 c.block_kept[b] = 0
                 continue
-            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
-            mask = self._kept_mask(b, cls)
-            c.block_kept[b] = int(mask.sum())
-            c.zero_class += int((mask & (cls == FK.ZERO)).sum())
+            blk = self._block(b)
+            c.block_kept[b] = blk.count
+            c.zero_class += int(np.count_nonzero(blk.kept & (blk.cls == FK.ZERO)))
         c.prefix = [int(x) for x in np.cumsum([0] + [c.block_kept[b] for b in sorted(c.block_kept)])]
         c.decided = True
+        self._settled = all(c.decided for c in self.cycles)
 
     def _struct_page_overrides(self, c: _Cycle) -> None:
         k, mem, start = self.k, self.mem, self.k.memmap
@@ -212,42 +237,59 @@ class MakedumpfileCopy:
         sections = k.sections_array()
         skip_until = -1
         for mpfn in mem.touched_in(start, end):
-            for addr in range(max(start, mpfn * PAGE), min(end, (mpfn + 1) * PAGE), SPAGE):
+            page_at = _PageAt(mem, mpfn)
+            truth = page_at(0)
+            base = mpfn * PAGE
+            for addr in range(max(start, base), min(end, base + PAGE), SPAGE):
                 idx = (addr - start) // SPAGE
                 pfn = int(sections[idx // FK.PAGES_PER_SECTION]) * FK.PAGES_PER_SECTION + idx % FK.PAGES_PER_SECTION
                 if not (c.lo <= pfn < c.hi) or not self.is_dumped(pfn) or pfn <= skip_until:
                     continue
-                at = self.memmap_read_time(pfn)
-                seen, truth = mem.read(addr, SPAGE, at), mem.read(addr, SPAGE, 0)
-                if seen == truth:
+                off = addr - base
+                seen = page_at(self.memmap_read_time(pfn))[off:off + SPAGE]
+                if seen == truth[off:off + SPAGE]:
                     continue
                 self.struct_pages_changed += 1
                 excluded, n = struct_page_verdict(np.frombuffer(seen, "<u8").tolist(), k.pg, self.dump_level)
                 for p in range(pfn, min(pfn + n, c.hi)):
                     if self.is_dumped(p):
                         self.overrides[p] = excluded
+                        self._overridden.setdefault(p // BLOCK, set()).add(p)
                 skip_until = pfn + n - 1          # a buddy block's struct pages are not read again
 
-    def _kept_mask(self, b: int, cls: np.ndarray | None = None) -> np.ndarray:
-        """Block b's pfns makedumpfile reads (in the PT_LOADs, not excluded by struct page)."""
-        mask = self._blocks.get(b)
-        if mask is not None:
-            return mask
-        if cls is None:
-            cls = self.k.page_classes(np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.uint64))
-        mask = ~np.isin(cls, self.excluded)
+    def _classes(self, lo: int, hi: int) -> np.ndarray:
+        """page_classes of pfns [lo, hi): painted ranges where that is exact."""
+        taken = getattr(self.k.m, "taken", None)
+        n = len(taken.starts) if taken is not None else 0
+        if self._painted[0] != n:
+            self._painted = (n, self.k.ranges_disjoint())
+        if self._painted[1]:
+            return self.k.page_classes_range(lo, hi)
+        return self.k.page_classes(np.arange(lo, hi, dtype=np.uint64))
+
+    def _block(self, b: int) -> _Block:
+        """Block b built: classes, pfns makedumpfile reads, their running count."""
+        blk = self._blocks.get(b)
+        if blk is not None:
+            return blk
+        lo = b * BLOCK
+        cls = self._classes(lo, lo + BLOCK)
+        kept = ~self._excluded_lut[cls]
         inseg = np.zeros(BLOCK, dtype=bool)
-        for a, e in self.spans:
-            lo, hi = max(a, b * BLOCK), min(e, (b + 1) * BLOCK)
-            if lo < hi:
-                inseg[lo - b * BLOCK:hi - b * BLOCK] = True
-        mask &= inseg
-        for p in _range_keys(self.overrides, b * BLOCK, (b + 1) * BLOCK):
-            mask[p - b * BLOCK] = not self.overrides[p]
-        if len(self._blocks) >= 8:
+        for i in range(max(0, bisect.bisect_right(self._span_starts, lo) - 1), len(self.spans)):
+            a, e = self.spans[i]
+            if a >= lo + BLOCK:
+                break
+            if max(a, lo) < min(e, lo + BLOCK):
+                inseg[max(a, lo) - lo:min(e, lo + BLOCK) - lo] = True
+        kept &= inseg
+        for p in self._overridden.get(b, ()):
+            kept[p - lo] = not self.overrides[p]
+        blk = _Block(cls, kept, int(np.count_nonzero(kept)))
+        if len(self._blocks) >= BLOCK_CACHE:
             self._blocks.pop(next(iter(self._blocks)))
-        self._blocks[b] = mask
-        return mask
+        self._blocks[b] = blk
+        return blk
 
     def read_by_makedumpfile(self, pfn: int) -> bool:
         """In the second bitmap: makedumpfile reads the page (zero pages included)."""
@@ -255,19 +297,58 @@ class MakedumpfileCopy:
             return False
         if pfn in self.overrides:
             return not self.overrides[pfn]
-        return self.k.page_class(pfn) not in self._excluded_set
+        return not self._excluded_lut[self._block(pfn // BLOCK).cls[pfn % BLOCK]]
 
     def page_read_time(self, pfn: int) -> int:
         """When makedumpfile reads page pfn (an excluded page: when its struct page was read)."""
+        if self._settled:
+            at = self._read_at.get(pfn)
+            if at is None:
+                at = self._read_at[pfn] = self._page_read_time(pfn)
+            return at
+        return self._page_read_time(pfn)
+
+    def _page_read_time(self, pfn: int) -> int:
         if not self.read_by_makedumpfile(pfn):
             return self.memmap_read_time(pfn)
         c = self.cycle_of(pfn)
         if not c.decided:
             self.decide(c)
         b = pfn // BLOCK
-        blocks = sorted(c.block_kept)
-        before = c.prefix[bisect.bisect_left(blocks, b)] + int(self._kept_mask(b)[:pfn % BLOCK].sum())
+        blk = self._block(b)
+        if blk.cum is None:
+            blk.cum = np.cumsum(blk.kept.view(np.uint8), dtype=np.int32)
+        before = c.prefix[b - c.lo // BLOCK] + int(blk.cum[pfn % BLOCK]) - 1     # pfn itself is kept
         return c.pages_start + int(before * self.page_ns)
+
+    def _zero_when_read(self, pfn: int) -> bool:
+        """Page pfn (one makedumpfile reads) is all zeros at its read time."""
+        at = self.page_read_time(pfn)
+        z = self._zero_at.get((pfn, at))
+        if z is None:
+            z = self._zero_at[(pfn, at)] = _is_zero(self.mem.page(pfn, at))
+        return z
+
+    def settled(self) -> bool:
+        """Every cycle decided: what makedumpfile reads, and when, is fixed."""
+        return self._settled
+
+    def read_kept_page(self, pfn: int) -> tuple[bytes | None, int]:
+        """(page pfn as makedumpfile read it, its read time); None if the page
+        is not in the dump (excluded, or read as all zeros)."""
+        at = self._written_read_times().get(pfn)
+        if at is None:
+            if not self.read_by_makedumpfile(pfn):
+                return None, 0
+            at = self.page_read_time(pfn)
+        page = self.mem.read(pfn * PAGE, PAGE, at)
+        if self.dump_level & DL_EXCLUDE_ZERO:
+            z = self._zero_at.get((pfn, at))
+            if z is None:
+                z = self._zero_at[(pfn, at)] = _is_zero(page)
+            if z:
+                return None, at
+        return page, at
 
     # ------------------------------------------------------------ the VmcoreCopy interface
     def pfn_at(self, offset: int) -> int:
@@ -285,7 +366,7 @@ class MakedumpfileCopy:
             return False
         if not self.dump_level & DL_EXCLUDE_ZERO:
             return True
-        return not _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
+        return not self._zero_when_read(pfn)
 
     def cycle_end(self, c: _Cycle) -> int:
         if not c.decided:
@@ -310,13 +391,13 @@ class MakedumpfileCopy:
         out = np.zeros(hi - lo, dtype=bool)
         for b in range(lo // BLOCK, -(-hi // BLOCK)):
             a, e = max(lo, b * BLOCK), min(hi, (b + 1) * BLOCK)
-            cls = self.k.page_classes(np.arange(a, e, dtype=np.uint64))
-            mask = self._kept_mask(b)[a - b * BLOCK:e - b * BLOCK].copy()
+            blk = self._block(b)
+            mask = blk.kept[a - b * BLOCK:e - b * BLOCK].copy()
             if self.dump_level & DL_EXCLUDE_ZERO:
-                mask &= cls != FK.ZERO
+                mask &= blk.cls[a - b * BLOCK:e - b * BLOCK] != FK.ZERO
                 for p in self.mem.touched_in(a * PAGE, e * PAGE):
                     if self.read_by_makedumpfile(p):
-                        mask[p - a] = not _is_zero(self.mem.page(p, self.page_read_time(p)))
+                        mask[p - a] = not self._zero_when_read(p)
             out[a - lo:e - lo] = mask
         return out
 
@@ -332,13 +413,53 @@ class MakedumpfileCopy:
         if self._zero is not None:
             return self._zero
         n = sum(c.zero_class for c in self.cycles if c.decided)
-        for pfn in self.mem.touched_pfns():
+        touched = self.mem.touched_pfns()
+        # Settled, asking in any order gives the same answers: pick the pages
+        # makedumpfile read block by block. Otherwise a page's read time may
+        # decide its cycle, which changes the later answers: one by one.
+        for pfn in (self._read_among(touched) if self.settled() else touched):
             if self.read_by_makedumpfile(pfn):
-                zero_now = _is_zero(self.mem.page(pfn, self.page_read_time(pfn)))
-                n += int(zero_now) - int(self.k.page_class(pfn) == FK.ZERO)
+                was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
+                n += int(self._zero_when_read(pfn)) - int(was_zero)
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
+
+    def _written_read_times(self) -> dict[int, int]:
+        """Once settled: the read time of every written page makedumpfile
+        reads, computed at once (page_read_time's arithmetic, vectorised)."""
+        if self._written_read_at is not None:
+            return self._written_read_at
+        if not self._settled:
+            return {}
+        pfns = np.array(self._read_among(self.mem.touched_pfns()), dtype=np.int64)
+        times = np.empty(len(pfns), dtype=np.int64)
+        lo = 0
+        while lo < len(pfns):
+            b = int(pfns[lo]) // BLOCK
+            hi = int(np.searchsorted(pfns, (b + 1) * BLOCK))
+            c = self.cycle_of(b * BLOCK)
+            kept_at = np.flatnonzero(self._block(b).kept)
+            before = np.searchsorted(kept_at, pfns[lo:hi] - b * BLOCK) + c.prefix[b - c.lo // BLOCK]
+            times[lo:hi] = c.pages_start + (before * self.page_ns).astype(np.int64)
+            lo = hi
+        self._written_read_at = dict(zip(pfns.tolist(), times.tolist()))
+        self._read_at.update(self._written_read_at)
+        return self._written_read_at
+
+    def _read_among(self, pfns: list[int]) -> list[int]:
+        """The sorted pfns makedumpfile reads, block by block."""
+        arr = np.array(pfns, dtype=np.int64)
+        out: list[int] = []
+        for a, e in self.spans:
+            lo, hi = np.searchsorted(arr, [a, e])
+            while lo < hi:
+                b = int(arr[lo]) // BLOCK
+                stop = min(hi, int(np.searchsorted(arr, (b + 1) * BLOCK)))
+                part = arr[lo:stop]
+                out += part[self._block(b).kept[part - b * BLOCK]].tolist()
+                lo = stop
+        return out
 
     def keep_set_changed(self) -> int:
         """Pages whose fate mem_map as read decided otherwise than mem_map at the panic."""
@@ -349,8 +470,30 @@ class MakedumpfileCopy:
         return int(sum(b != self.overrides[int(p)] for p, b in zip(pfns, base)))
 
 
+class _PageAt:
+    """One page's content at read times, each distinct content read once: it
+    changes only at the times something wrote it."""
+
+    def __init__(self, mem: PhysicalMemory, pfn: int):
+        self.mem, self.pfn = mem, pfn
+        writes = mem.writes_to(pfn)
+        self.times = sorted({w.time for w in writes}) if writes else None
+        self._seen: dict[int, bytes | memoryview] = {}
+
+    def __call__(self, at: int) -> bytes | memoryview:
+        key = bisect.bisect_right(self.times, at) if self.times is not None else at
+        page = self._seen.get(key)
+        if page is None:
+            page = self._seen[key] = self.mem.page(self.pfn, at)
+        return page
+
+
+_ZERO_PAGE = bytes(PAGE)
+
+
 def _is_zero(page: bytes | memoryview) -> bool:
-    return not bytes(page).strip(b"\0")
+    data = bytes(page)
+    return data == _ZERO_PAGE if len(data) == PAGE else not data.strip(b"\0")
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -363,7 +506,3 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((a, b))
     return out
-
-
-def _range_keys(d: dict[int, bool], lo: int, hi: int) -> list[int]:
-    return [p for p in d if lo <= p < hi]

@@ -116,6 +116,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_CLASS_TABLES: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _class_table(cum: tuple[int, ...]) -> np.ndarray:
+    """class of u for every u < 10**6: searchsorted(cum[:-1], u, side="right")."""
+    if cum not in _CLASS_TABLES:
+        widths = np.diff(np.array((0,) + cum))
+        _CLASS_TABLES[cum] = np.repeat(np.arange(len(cum), dtype=np.uint8), widths)
+    return _CLASS_TABLES[cum]
+
+
 class FirstKernel:
     """Where the first kernel's structures sit, and their content."""
 
@@ -137,6 +148,7 @@ class FirstKernel:
         cum[-1] = 1_000_000
         self.thresholds = np.array(cum[:-1], dtype=np.uint64)
         self._thresholds = cum[:-1]
+        self._class_of_u = _class_table(tuple(cum))
         self.uptime = parse_duration(D.UPTIME_AT_PANIC)
 
         # --- SPARSEMEM: every 128 MiB section holding RAM has a mem_map.
@@ -343,8 +355,7 @@ class FirstKernel:
     def page_classes(self, pfns: np.ndarray) -> np.ndarray:
         """What each page is used for (FREE..RESERVED), vectorised."""
         pfns = pfns.astype(np.uint64, copy=False)
-        u = _mix(pfns ^ np.uint64(self.salt)) % np.uint64(1_000_000)
-        cls = np.searchsorted(self.thresholds, u, side="right").astype(np.uint8)
+        cls = self._use_classes(pfns)
         addr = pfns << np.uint64(12)
         i = np.searchsorted(self._free_starts, addr, side="right").astype(np.int64) - 1
         ok = i >= 0
@@ -357,6 +368,52 @@ class FirstKernel:
             cls[hit] = KERNEL
         cls[~in_free] = RESERVED
         return cls
+
+    def _use_classes(self, pfns: np.ndarray) -> np.ndarray:
+        """The hashed use of each page (FREE..KERNEL), before memblock and
+        allocations: searchsorted(thresholds, mix % 10**6), as a table lookup."""
+        x = pfns ^ np.uint64(self.salt)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        x %= np.uint64(1_000_000)
+        return self._class_of_u[x]
+
+    def page_classes_range(self, lo: int, hi: int) -> np.ndarray:
+        """page_classes(arange(lo, hi)), the free ranges and allocations painted
+        as pfn runs (they are sorted and disjoint, so a page overlapping one is
+        what page_classes' searchsorted finds)."""
+        cls = self._use_classes(np.arange(lo, hi, dtype=np.uint64))
+        reserved = np.ones(hi - lo, dtype=bool)
+        for s, e in self.free_ranges[max(0, bisect.bisect_right(self._fs, lo << 12) - 1):]:
+            a, b = max(lo, -(-s // PAGE)), min(hi, e // PAGE)     # pages wholly inside
+            if s >= hi << 12:
+                break
+            if a < b:
+                reserved[a - lo:b - lo] = False
+        taken = getattr(self.m, "taken", None)
+        if taken is not None:
+            starts, ends = taken.starts, taken.ends
+            for j in range(max(0, bisect.bisect_right(starts, lo << 12) - 1), len(starts)):
+                if starts[j] >= hi << 12:
+                    break
+                a, b = max(lo, starts[j] // PAGE), min(hi, -(-ends[j] // PAGE))   # pages overlapping
+                if a < b:
+                    cls[a - lo:b - lo] = KERNEL
+        cls[reserved] = RESERVED
+        return cls
+
+    def ranges_disjoint(self) -> bool:
+        """page_classes_range's condition: free ranges and allocations sorted,
+        non-empty and disjoint."""
+        taken = getattr(self.m, "taken", None)
+        for starts, ends in ((self._fs, [e for _, e in self.free_ranges]),
+                             (taken.starts, taken.ends) if taken is not None else ([], [])):
+            if any(e <= s for s, e in zip(starts, ends)) or any(e > s for e, s in zip(ends, starts[1:])):
+                return False
+        return True
 
     def page_class(self, pfn: int) -> int:
         """Scalar page_classes (the single-page path)."""

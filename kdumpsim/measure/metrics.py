@@ -98,7 +98,13 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     ram, backup = Tally(), Tally()
     v, copy, mem = run.vmcore, run.copy, run.machine.memory
     units = sum(-(-c.size // PAGE) for c in v.chunks)
-    if copy.collector == "makedumpfile":
+    mdf = copy.collector == "makedumpfile"
+    # Once every cycle is decided makedumpfile's answers no longer depend on
+    # the order they are asked in: a whole page is read once for both its
+    # all-zeros test and its comparison. Before (the capture stopped in a
+    # cycle's mem_map read), the order the per-page code asked in is kept.
+    settled = mdf and copy.settled()
+    if mdf and not settled:
         units = copy.pages_read() - copy.zero_pages()
     excluded_hit = 0
     in_place: list[tuple[int, int, list[int], list[int]]] = []
@@ -106,17 +112,22 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
         origin = chunk.origin
         tally = ram if origin == chunk.paddr else backup
         for offset, src, truth_addr in _chunk_units(run, chunk, origin):
-            if not copy.kept(offset):
+            n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
+            if settled and origin == chunk.paddr and n == PAGE and not src & (PAGE - 1):
+                got, when = copy.read_kept_page(src >> PAGE_SHIFT)
+            elif copy.kept(offset):
+                when = copy.read_time(offset)
+                if src == truth_addr:       # dumped RAM: compared below, every page at once
+                    seen, truth = _views(mem, src >> PAGE_SHIFT, when)
+                    if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
+                        in_place.append((src, n, seen, truth))
+                    continue
+                got = mem.read(src, n, when)
+            else:
+                got = None
+            if got is None:
                 excluded_hit += bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62))
                 continue
-            n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
-            when = copy.read_time(offset)
-            if src == truth_addr:       # dumped RAM: compared below, every page at once
-                seen, truth = _views(mem, src >> PAGE_SHIFT, when)
-                if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
-                    in_place.append((src, n, seen, truth))
-                continue
-            got = mem.read(src, n, when)
             want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
                             for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
             want = want[:n]
@@ -126,6 +137,8 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     bases = mem.base_pages([src >> PAGE_SHIFT for src, _, _, _ in in_place])
     for (src, n, seen, truth), base in zip(in_place, bases):
         ram.add_parts(*_unit_in_place(run, src, n, seen, truth, base))
+    if settled:
+        units = copy.pages_read() - copy.zero_pages()
     return ram, backup, units, excluded_hit
 
 
