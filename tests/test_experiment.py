@@ -322,7 +322,7 @@ def test_dask_cluster_equals_local(local2: Path, dask_cluster: str, tmp_path: Pa
 def test_resume_after_interruption(sig: int, tmp_path: Path) -> None:
     """Interrupt the CLI mid-way, then --resume: no run lost, none counted twice,
     the same table as an uninterrupted run."""
-    f = write_experiment(tmp_path / "longer.yaml", replicates=8, plots=[])
+    f = write_experiment(tmp_path / "longer.yaml", replicates=80, plots=[])   # ~8 s of runs: room to interrupt
     whole = tmp_path / "whole"
     assert experiment_cli(str(f), "--out", str(whole), "--workers", "2").returncode == 0
     out = tmp_path / "cut"
@@ -339,14 +339,14 @@ def test_resume_after_interruption(sig: int, tmp_path: Path) -> None:
     if sig == signal.SIGINT:
         assert "--resume" in err and "Traceback" not in err, err
     saved = sum(pq.read_metadata(p).num_rows for p in (out / "parts").glob("part-*.parquet"))
-    assert 0 < saved < 96, "the interruption must come mid-way"
+    assert 0 < saved < 960, "the interruption must come mid-way"
     assert not (out / "results.parquet").exists()
     r = experiment_cli(str(f), "--out", str(out), "--resume", "--workers", "2")
     assert r.returncode == 0, r.stderr
-    assert f"resuming: {saved} of 96 runs" in r.stderr
+    assert f"resuming: {saved} of 960 runs" in r.stderr
     assert table_bytes(out) == table_bytes(whole)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["runs"] == 96 and manifest["runs_this_session"] == 96 - saved and manifest["resumed"]
+    assert manifest["runs"] == 960 and manifest["runs_this_session"] == 960 - saved and manifest["resumed"]
 
 
 @pytest.mark.slow

@@ -19,14 +19,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests" / "experiments" / "small_i386.yaml"
 KDUMPSIM = [sys.executable, "-c", "import sys; from kdumpsim.cli import main; sys.exit(main())"]
-RUNS = 12 * 6
+RUNS = 12 * 60
 pytestmark = pytest.mark.slow
 
 
 def experiment(tmp: Path) -> Path:
     raw = yaml.safe_load(SMALL.read_text())
     raw["base"]["model"] = str(ROOT / "models" / "paper-i386-2005.yaml")
-    raw.update(replicates=6, plots=[])
+    raw.update(replicates=60, plots=[])      # ~7 s: long enough to interrupt (96 runs took 0.6 s)
     path = tmp / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
