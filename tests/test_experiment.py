@@ -328,7 +328,9 @@ def test_resume_after_interruption(sig: int, tmp_path: Path) -> None:
     out = tmp_path / "cut"
     proc = subprocess.Popen(KDUMPSIM + ["experiment", str(f), "--out", str(out), "--workers", "2",
                                         "--chunk-size", "2", "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT reaches Python even from a background job (started with it ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while len(list((out / "parts").glob("part-*.parquet"))) < 5:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -45,7 +45,13 @@ def start(exp: Path, out: Path, resume: bool) -> subprocess.Popen:
                        "--no-progress"] + (["--resume"] if resume else [])
     # Its own session, so that Ctrl-C can reach the whole process group as a terminal's does.
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """Ctrl-C must reach Python even when the tests run from a background job
+    (which starts with SIGINT ignored, and Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(proc: subprocess.Popen, out: Path, at_parts: int, how: str) -> None:

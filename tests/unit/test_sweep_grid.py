@@ -90,10 +90,11 @@ def test_dry_run_of_a_100000_point_axis(tmp_path: Path) -> None:
     path = write(tmp_path, [{"name": "t", "key": "devices.eth0.start",
                              "range": {"start": "0ms", "stop": "99999ms", "steps": 100000}}])
     t0 = time.monotonic()
-    # the child reports its own peak (RUSAGE_CHILDREN would be the largest of every child this
-    # test worker ever had: a gdb or crash of another test)
-    child = ("import resource, sys\nfrom kdumpsim.cli import main\ntry:\n    rc = main()\nfinally:\n"
-             "    sys.stderr.write(f'maxrss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\nsys.exit(rc)")
+    # the child reports its own peak, VmHWM of its own mm: getrusage's maxrss would carry the
+    # test worker's size over from the fork (and RUSAGE_CHILDREN another test's crash or gdb)
+    child = ("import sys\nfrom kdumpsim.cli import main\ntry:\n    rc = main()\nfinally:\n"
+             "    hwm = [w for w in open('/proc/self/status') if w.startswith('VmHWM:')][0].split()[1]\n"
+             "    sys.stderr.write(f'maxrss={hwm}\\n')\nsys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", child, "experiment", str(path), "--dry-run"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
