@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import WINDOW_ANYWHERE, WINDOW_LOG, small_analyse_experiment
 
 from kdumpsim.measure.analysis import ANALYSIS_COLUMNS
 
@@ -17,31 +18,10 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXPERIMENT = f"""
-name: analyse_small
-base:
-  model: {ROOT}/models/modern-x86_64.yaml
-  overrides:
-    cpus.count: 2
-    cpus.sockets: 1
-    cpus.panic_cpu: 1
-    memory.numa_nodes: 1
-    topology.buses.1.numa_node: 0
-    memory.iomem: ["00001000-0009fbff : System RAM", "00100000-1fffffff : System RAM"]
-    kexec.crashkernel: 128M
-    kexec.initrd_size: 8M       # the default 28M, unpacked, does not fit the capture kernel in 128M
-    devices:
-      - {{name: cap0, kind: cyclic, bus: pcie0, buffer_size: 624K, chunk: 64K, period: 5ms, capture_driver: false}}
-seed: 3
-replicates: 1
-axes:
-  - name: window
-    linked:
-      - {{label: log, devices.cap0.placement: {{mode: stale, start: 0x2d04000, end: 0x2da0000}}}}
-      - {{label: anywhere, devices.cap0.placement: {{mode: allocator}}}}
-  - {{name: dma_start, key: devices.cap0.start, values: [50ms, 13s]}}
-analyse: true
-"""
+EXPERIMENT = small_analyse_experiment(
+    "analyse_small", seed=3, replicates=1,
+    device="{name: cap0, kind: cyclic, bus: pcie0, buffer_size: 624K, chunk: 64K, period: 5ms, capture_driver: false}",
+    windows=[WINDOW_LOG, WINDOW_ANYWHERE])
 
 
 @pytest.mark.parametrize("tool", ["makedumpfile"])

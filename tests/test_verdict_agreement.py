@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import WINDOW_ANYWHERE, WINDOW_LOG, WINDOW_PAGE_TABLES, small_analyse_experiment
 
 from kdumpsim.sweep.agreement import report
 
@@ -17,33 +18,11 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXPERIMENT = f"""
-name: verdict_small
-base:
-  model: {ROOT}/models/modern-x86_64.yaml
-  overrides:
-    cpus.count: 2
-    cpus.sockets: 1
-    cpus.panic_cpu: 1
-    memory.numa_nodes: 1
-    topology.buses.1.numa_node: 0
-    memory.iomem: ["00001000-0009fbff : System RAM", "00100000-1fffffff : System RAM"]
-    kexec.crashkernel: 128M
-    kexec.initrd_size: 8M       # the default 28M, unpacked, does not fit the capture kernel in 128M
-    capture.collector: dd
-    devices:
-      - {{name: cap0, kind: cyclic, bus: pcie0, buffer_size: 256K, chunk: 16K, period: 10ms, capture_driver: false}}
-seed: 15
-replicates: 2
-axes:
-  - name: window
-    linked:
-      - {{label: log, devices.cap0.placement: {{mode: stale, start: 0x2d04000, end: 0x2da0000}}}}
-      - {{label: page_tables, devices.cap0.placement: {{mode: stale, start: 0x2c00000, end: 0x2c80000}}}}
-      - {{label: anywhere, devices.cap0.placement: {{mode: allocator}}}}
-  - {{name: dma_start, key: devices.cap0.start, values: [50ms, 13s]}}
-analyse: true
-"""
+EXPERIMENT = small_analyse_experiment(
+    "verdict_small", seed=15, replicates=2,
+    device="{name: cap0, kind: cyclic, bus: pcie0, buffer_size: 256K, chunk: 16K, period: 10ms, capture_driver: false}",
+    windows=[WINDOW_LOG, WINDOW_PAGE_TABLES, WINDOW_ANYWHERE],
+    extra="    capture.collector: dd\n")
 
 
 def test_model_verdict_agrees_with_the_real_tools(tmp_path: Path) -> None:
