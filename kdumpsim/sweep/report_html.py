@@ -150,6 +150,13 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int] | None = No
     return f"<div class=\"scroll\"><table>{thead}<tbody>{body}</tbody></table></div>"
 
 
+def _dict_table(rows: list[dict[str, Any]]) -> str:
+    """A table of summary rows (dicts with the same keys); columns of numbers align right."""
+    cols = list(rows[0])
+    numeric = {i for i, c in enumerate(cols) if all(isinstance(r[c], (int, float, Share)) for r in rows)}
+    return _table(cols, [[_cell(r[c]) for c in cols] for r in rows], numeric)
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, Share):
         lo, hi = v.ci
@@ -216,24 +223,18 @@ def render(exp: Any, manifest: dict[str, Any], rows: list[dict[str, Any]], plots
 
     # a fleet: one row per machine
     if machines:
-        cols = list(machines[0])
-        body = [[_cell(r[c]) for c in cols] for r in machines]
-        num = {i for i, c in enumerate(cols) if all(isinstance(r[c], (int, float, Share)) for r in machines)}
         parts.append("<h2 id=\"machines\">Summary per machine</h2>"
                      "<p class=\"muted\">Each machine of the fleet over every other axis, 95% Wilson intervals "
-                     "in brackets. The same table is in summary_by_machine.csv.</p>" + _table(cols, body, num))
+                     "in brackets. The same table is in summary_by_machine.csv.</p>" + _dict_table(machines))
 
     # summary table
     if rows:
-        cols = list(rows[0])
-        body = [[_cell(r[c]) for c in cols] for r in rows]
-        num = {i for i, c in enumerate(cols) if all(isinstance(r[c], (int, float, Share)) for r in rows)}
         parts.append("<h2 id=\"summary\">Summary per point</h2>"
                      "<p class=\"muted\">Shares of runs with 95% Wilson intervals in brackets; "
                      "changed pages are dumped pages that differ from RAM at the panic (median and maximum "
                      "over the point's runs); mean_dump_fidelity is the share of dumped pages unchanged, "
                      "over the runs that produced a dump. The same table is in summary.csv.</p>"
-                     + _table(cols, body, num))
+                     + _dict_table(rows))
 
     # assumptions
     arows = []
