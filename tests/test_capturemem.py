@@ -52,6 +52,18 @@ def test_kaslr_follows_the_seed():
     assert len({_run(seed=s).capture_mem.kernel_at for s in range(1, 6)}) > 1
 
 
+def test_kaslr_is_off_with_nokaslr_or_more_than_four_memmap_options():
+    """kaslr.c: `nokaslr`, or memmap_too_large (a fifth memmap=): the kernel runs where kexec loaded it."""
+    for seed in (1, 2, 3):
+        base = _run(seed=seed)
+        kernel = base.image.segment("kernel").start
+        assert _run("kexec.append=nokaslr", seed=seed).capture_mem.kernel_at == kernel
+        five = " ".join(f"memmap={n}K$0x{0x9f000 + n:x}" for n in range(1, 6))
+        assert _run(f"kexec.append={five}", seed=seed).capture_mem.kernel_at == kernel
+    four = " ".join(f"memmap={n}K$0x{0x9f000 + n:x}" for n in range(1, 5))
+    assert len({_run(f"kexec.append={four}", seed=s).capture_mem.kernel_at for s in range(1, 6)}) > 1
+
+
 def test_dma_into_the_kernel_image_crashes_the_capture_kernel_and_names_it():
     base = _run()
     at = base.capture_mem.kernel_at + 64 * KiB

@@ -48,6 +48,7 @@ KERNEL_IMAGE_6_1 = (14343 + 2338 + 9132 + 2824 + 17344) * KiB
 KASLR_ALIGN = 2 * MiB                  # CONFIG_PHYSICAL_ALIGN (x86_64 default)
 LOAD_PHYSICAL_ADDR = 16 * MiB          # KASLR picks no slot below it
 SECTION_SIZE = 128 * MiB               # x86_64 SECTION_SIZE_BITS 27
+MAX_MEMMAP_REGIONS = 4                 # arch/x86/boot/compressed/kaslr.c: more memmap= -> no KASLR
 MEMMAP_PER_SECTION = 2 * MiB           # 32768 pages x sizeof(struct page) 64, one vmemmap PMD
 # The lab capture kernel's "Memory: 95992K/163820K available (... 62692K reserved)"
 # with crashkernel=160M: 62692K - the image (45981K) - its initrd (1724K) - three
@@ -221,7 +222,8 @@ class CaptureMemory:
     def _kaslr(self) -> int:
         """choose_random_location: a uniformly random CONFIG_PHYSICAL_ALIGN slot at or
         above LOAD_PHYSICAL_ADDR in free RAM clear of the segments (mem_avoid); none
-        fits, or `nokaslr`/`memmap=` (6.1 disables physical KASLR for it): the kernel
+        fits, `nokaslr`, or more memmap= options than kaslr.c's MAX_MEMMAP_REGIONS (4:
+        memmap_too_large turns randomisation off; fewer are avoided, not modelled): the kernel
         decompresses where kexec loaded it."""
         size = align_up(self.need.parts["kernel"], KASLR_ALIGN)
         slots = []
@@ -232,7 +234,7 @@ class CaptureMemory:
         total = sum(n for _, n in slots)
         seg = self.run.image.segment("kernel")
         words = self.run.image.cmdline.split()
-        if not total or "nokaslr" in words or any(w.startswith("memmap=") for w in words):
+        if not total or "nokaslr" in words or sum(w.startswith("memmap=") for w in words) > MAX_MEMMAP_REGIONS:
             return seg.start if seg is not None else self.spans[0][0]
         k = self.run.machine.rng("capture_kaslr").randrange(total)
         for first, n in slots:
