@@ -156,6 +156,8 @@ class MakedumpfileCopy:
         self.excluded = np.array(sorted(self._excluded_set), dtype=np.uint8)
         self._excluded_lut = np.zeros(256, dtype=bool)
         self._excluded_lut[self.excluded] = True
+        # kept by class: bit c set when class c is not excluded (classes are 0..6)
+        self._keep_bits = np.uint8(sum(1 << c for c in range(FK.RESERVED + 1) if c not in self._excluded_set))
         self.page_ns = PAGE * NS_PER_S / throughput
         self.spage_ns = SPAGE * NS_PER_S / throughput
         # The pfns makedumpfile dumps: those whose first byte is in a PT_LOAD (is_in_segs).
@@ -272,17 +274,21 @@ class MakedumpfileCopy:
         blk = self._blocks.get(b)
         if blk is not None:
             return blk
-        lo = b * BLOCK
-        cls = self._classes(lo, lo + BLOCK)
-        kept = ~self._excluded_lut[cls]
-        inseg = np.zeros(BLOCK, dtype=bool)
+        lo, hi = b * BLOCK, (b + 1) * BLOCK
+        cls = self._classes(lo, hi)
+        kept8 = np.right_shift(self._keep_bits, cls)          # not excluded by class: _excluded_lut
+        kept8 &= 1
+        kept = kept8.view(bool)
+        pos = lo                                              # pfns before pos: in a span, or cleared
         for i in range(max(0, bisect.bisect_right(self._span_starts, lo) - 1), len(self.spans)):
             a, e = self.spans[i]
-            if a >= lo + BLOCK:
+            if a >= hi:
                 break
-            if max(a, lo) < min(e, lo + BLOCK):
-                inseg[max(a, lo) - lo:min(e, lo + BLOCK) - lo] = True
-        kept &= inseg
+            if a > pos:
+                kept[pos - lo:a - lo] = False
+            pos = max(pos, e)
+        if pos < hi:
+            kept[pos - lo:] = False
         for p in self._overridden.get(b, ()):
             kept[p - lo] = not self.overrides[p]
         blk = _Block(cls, kept, int(np.count_nonzero(kept)))

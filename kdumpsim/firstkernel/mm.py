@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import struct
 from typing import TYPE_CHECKING
 
@@ -116,14 +117,22 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-_CLASS_TABLES: dict[tuple[int, ...], np.ndarray] = {}
+_CLASS_TABLES: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}
+HASH_STEP = PAGES_PER_SECTION                # pfns hashed per step: two 256 KiB buffers, reused
+_IOTA = np.arange(HASH_STEP, dtype=np.uint64)
+_IOTA.flags.writeable = False
+_SHIFT_MUL = ((np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)), (np.uint64(27), np.uint64(0x94D049BB133111EB)))
+_S31 = np.uint64(31)
 
 
-def _class_table(cum: tuple[int, ...]) -> np.ndarray:
-    """class of u for every u < 10**6: searchsorted(cum[:-1], u, side="right")."""
+def _class_table(cum: tuple[int, ...]) -> tuple[int, np.ndarray]:
+    """(g, table): the class of u < 10**6 (searchsorted(cum[:-1], u, side="right"))
+    is table[u // g], g the gcd of the thresholds and 10**6: the class is
+    constant on each run of g values."""
     if cum not in _CLASS_TABLES:
-        widths = np.diff(np.array((0,) + cum))
-        _CLASS_TABLES[cum] = np.repeat(np.arange(len(cum), dtype=np.uint8), widths)
+        g = math.gcd(*cum)                                 # cum[-1] is 10**6
+        widths = np.diff(np.array((0,) + cum)) // g
+        _CLASS_TABLES[cum] = (g, np.repeat(np.arange(len(cum), dtype=np.uint8), widths))
     return _CLASS_TABLES[cum]
 
 
@@ -148,7 +157,10 @@ class FirstKernel:
         cum[-1] = 1_000_000
         self.thresholds = np.array(cum[:-1], dtype=np.uint64)
         self._thresholds = cum[:-1]
-        self._class_of_u = _class_table(tuple(cum))
+        g, self._class_of_ug = _class_table(tuple(cum))
+        self._use_div, self._use_mod = np.uint64(g), np.uint64(1_000_000 // g)
+        self._salt64 = np.uint64(self.salt)
+        self._hash_bufs: tuple[np.ndarray, np.ndarray] | None = None
         self.uptime = parse_duration(D.UPTIME_AT_PANIC)
 
         # --- SPARSEMEM: every 128 MiB section holding RAM has a mem_map.
@@ -370,29 +382,59 @@ class FirstKernel:
         return cls
 
     def _use_classes(self, pfns: np.ndarray) -> np.ndarray:
-        """The hashed use of each page (FREE..KERNEL), before memblock and
-        allocations: searchsorted(thresholds, mix % 10**6), as a table lookup."""
-        x = pfns ^ np.uint64(self.salt)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        x %= np.uint64(1_000_000)
-        return self._class_of_u[x]
+        """The hashed use of each page (FREE..KERNEL) of uint64 pfns, before
+        memblock and allocations: searchsorted(thresholds, mix % 10**6)."""
+        out = np.empty(len(pfns), dtype=np.uint8)
+        x, t = self._buffers()
+        for lo in range(0, len(pfns), HASH_STEP):
+            n = min(HASH_STEP, len(pfns) - lo)
+            np.bitwise_xor(pfns[lo:lo + n], self._salt64, out=x[:n])
+            self._use_step(x[:n], t[:n], out[lo:lo + n])
+        return out
+
+    def _use_classes_range(self, lo: int, hi: int) -> np.ndarray:
+        """_use_classes(arange(lo, hi)) without the arange."""
+        out = np.empty(hi - lo, dtype=np.uint8)
+        x, t = self._buffers()
+        for a in range(lo, hi, HASH_STEP):
+            n = min(HASH_STEP, hi - a)
+            if a % HASH_STEP == 0:                 # (a + i) ^ salt == i ^ (a ^ salt): a has no bit of i < HASH_STEP
+                np.bitwise_xor(_IOTA[:n], np.uint64(a ^ self.salt), out=x[:n])
+            else:
+                np.add(_IOTA[:n], np.uint64(a), out=x[:n])
+                x[:n] ^= self._salt64
+            self._use_step(x[:n], t[:n], out[a - lo:a - lo + n])
+        return out
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._hash_bufs is None:
+            self._hash_bufs = (np.empty(HASH_STEP, dtype=np.uint64), np.empty(HASH_STEP, dtype=np.uint64))
+        return self._hash_bufs
+
+    def _use_step(self, x: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
+        """out = class of x (pfn ^ salt), in place in x and t (page faults of
+        fresh big temporaries cost more than the arithmetic). Exact cheaper
+        forms of the table lookup at mix % 10**6: (y % 10**6) // g equals
+        (y // g) % (10**6 // g) as g divides 10**6, and y % d equals
+        y - (y // d) * d (numpy divides by a scalar with a multiply)."""
+        for shift, mul in _SHIFT_MUL:                         # _mix, in place
+            np.right_shift(x, shift, out=t)
+            x ^= t
+            x *= mul
+        np.right_shift(x, _S31, out=t)
+        x ^= t
+        x //= self._use_div
+        np.floor_divide(x, self._use_mod, out=t)
+        t *= self._use_mod
+        x -= t
+        np.take(self._class_of_ug, x.view(np.int64), out=out)
 
     def page_classes_range(self, lo: int, hi: int) -> np.ndarray:
-        """page_classes(arange(lo, hi)), the free ranges and allocations painted
-        as pfn runs (they are sorted and disjoint, so a page overlapping one is
-        what page_classes' searchsorted finds)."""
-        cls = self._use_classes(np.arange(lo, hi, dtype=np.uint64))
-        reserved = np.ones(hi - lo, dtype=bool)
-        for s, e in self.free_ranges[max(0, bisect.bisect_right(self._fs, lo << 12) - 1):]:
-            a, b = max(lo, -(-s // PAGE)), min(hi, e // PAGE)     # pages wholly inside
-            if s >= hi << 12:
-                break
-            if a < b:
-                reserved[a - lo:b - lo] = False
+        """page_classes(arange(lo, hi)), the allocations and then memblock's
+        reserved pages (outside every free range) painted as pfn runs (they
+        are sorted and disjoint, so a page overlapping one is what
+        page_classes' searchsorted finds)."""
+        cls = self._use_classes_range(lo, hi)
         taken = getattr(self.m, "taken", None)
         if taken is not None:
             starts, ends = taken.starts, taken.ends
@@ -402,7 +444,19 @@ class FirstKernel:
                 a, b = max(lo, starts[j] // PAGE), min(hi, -(-ends[j] // PAGE))   # pages overlapping
                 if a < b:
                     cls[a - lo:b - lo] = KERNEL
-        cls[reserved] = RESERVED
+        pos = lo                                              # pfns before pos: painted or free
+        fr = self.free_ranges
+        for i in range(max(0, bisect.bisect_right(self._fs, lo << 12) - 1), len(fr)):
+            s, e = fr[i]
+            if s >= hi << 12:
+                break
+            a, b = max(lo, -(-s // PAGE)), min(hi, e // PAGE)     # pages wholly inside
+            if a < b:
+                if a > pos:
+                    cls[pos - lo:a - lo] = RESERVED
+                pos = max(pos, b)
+        if pos < hi:
+            cls[pos - lo:] = RESERVED
         return cls
 
     def ranges_disjoint(self) -> bool:
