@@ -21,19 +21,19 @@ from tests.conftest import load_named
 
 PAGE = 4096
 BLOCK = CO.BLOCK
-# 1.25 GiB of RAM in four ranges (holes below 1 MiB, at 256 MiB and at 768 MiB, none block aligned).
+# 1.25 GiB of RAM in four ranges: holes below 1 MiB, at 256 MiB and over all of block 6 (768-900 MiB).
 HOLEY = ('memory.iomem=["00001000-0009fbff : System RAM", "00100000-0fff7fff : System RAM", '
-         '"10011000-2fffffff : System RAM", "30400000-4fffffff : System RAM"]',
+         '"10011000-2fffffff : System RAM", "38400000-57ffffff : System RAM"]',
          "memory.numa_nodes=1", "topology.buses.pcie1.numa_node=0", "cpus.count=4", "cpus.sockets=1",
          "cpus.panic_cpu=1", "kexec.crashkernel=128M", "kexec.initrd_size=8M")
-MEMMAP = 0x46C00000              # this machine's mem_map
+MEMMAP = 0x4EC00000              # this machine's mem_map
 
 
 def _ring_over_memmap() -> str:
-    """A stale DMA ring rewriting the first 12 MiB of mem_map from the panic on."""
-    spec = {"name": "dma0", "kind": "cyclic", "bus": "pcie0", "buffer_size": "256K", "chunk": "16K",
-            "period": "10ms", "capture_driver": False, "start": "0ms",
-            "placement": {"mode": "stale", "start": MEMMAP, "end": MEMMAP + (12 << 20)}}
+    """A stale 2 MiB DMA ring in the first 16 MiB of mem_map, rewriting it from the panic on."""
+    spec = {"name": "dma0", "kind": "cyclic", "bus": "pcie0", "buffer_size": "2M", "chunk": "64K",
+            "period": "1ms", "capture_driver": False, "start": "0ms",
+            "placement": {"mode": "stale", "start": MEMMAP, "end": MEMMAP + (16 << 20)}}
     return "devices=" + json.dumps([spec])
 
 
@@ -81,15 +81,22 @@ def _remove(taken, added: list[tuple[int, int]]) -> None:
         del taken.starts[i], taken.ends[i]
 
 
-@pytest.mark.parametrize("dump_level,overlapping", [(31, False), (6, False), (16, True), (1, False)])
-def test_decide_counts_what_the_per_page_classes_keep(holey_run, monkeypatch, dump_level, overlapping) -> None:
+# (dump level, overlapping allocations, makedumpfile's cyclic buffer (None: its own, one cycle), blocks built at once)
+DECIDE_CASES = [(31, False, 16 << 10, 8), (6, False, None, 2), (16, True, 16 << 10, 3), (1, False, None, 8)]
+
+
+@pytest.mark.parametrize("dump_level,overlapping,cyclic_buffer,group", DECIDE_CASES)
+def test_decide_counts_what_the_per_page_classes_keep(holey_run, monkeypatch, dump_level, overlapping,
+                                                      cyclic_buffer, group) -> None:
     run, k = holey_run, holey_run.machine.kernel_structs
     added = _add_allocations(run.machine.taken, overlapping)
     try:
-        monkeypatch.setattr(CO, "CYCLIC_BUFFER_MAX", 16 << 10)     # 131072 pfns a cycle: three cycles
+        if cyclic_buffer:
+            monkeypatch.setattr(CO, "CYCLIC_BUFFER_MAX", cyclic_buffer)     # 131072 pfns a cycle: three cycles
+        monkeypatch.setattr(CO, "DECIDE_GROUP", group)
         copy = CO.MakedumpfileCopy(run.vmcore, run.copy.start, run.timing.dump_throughput, k,
                                    run.machine.memory, dump_level)
-        assert len(copy.cycles) == 3 and copy.cyclic
+        assert len(copy.cycles) == (3 if cyclic_buffer else 1) and copy.cyclic == bool(cyclic_buffer)
         copy.run_all()
         assert k.ranges_disjoint() != overlapping
         n = copy.cycles[-1].hi
@@ -123,8 +130,10 @@ def test_the_decision_sees_holes_and_edges(holey_run) -> None:
     blocks, several free ranges, and mem_map rewritten before it was read."""
     copy, k = holey_run.copy, holey_run.machine.kernel_structs
     assert len(copy.spans) >= 3 and any(a % BLOCK for a, _ in copy.spans[1:])
+    assert copy.cycles[0].block_kept[6] == 0 < copy.cycles[0].block_kept[7]     # a block with no dumped pfn
     assert len(k.free_ranges) >= 4
     assert copy.struct_pages_changed > 0
+    assert {p // BLOCK for p in copy.overrides} == {4, 5}          # the struct pages of two blocks
 
 
 def _reference_use(k: FK.FirstKernel, pfns: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
