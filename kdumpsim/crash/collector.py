@@ -134,7 +134,8 @@ class _Block:
 
 
 BLOCK_CACHE = 128               # blocks kept built (64-192 KiB each): memory does not grow with RAM
-DECIDE_GROUP = 8                # blocks decide builds at once (fewer numpy calls; 2 MiB of temporaries)
+DECIDE_GROUP = 8                # blocks decide builds at once (fewer numpy calls); a cached block keeps
+                                # its run's arrays (512 KiB), so at most 17 runs: still flat in RAM size
 
 
 class MakedumpfileCopy:
