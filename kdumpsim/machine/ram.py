@@ -66,7 +66,8 @@ class WriteRecord:
 
 
 class _DeltaView:
-    """`memory.deltas.get(pfn)`: the Delta list of a page, built when asked."""
+    """`memory.deltas.get(pfn)`: the Delta list of a page, built when asked
+    (iterating gives the written pages in pfn order)."""
 
     def __init__(self, mem: PhysicalMemory):
         self._mem = mem
@@ -236,7 +237,7 @@ class PhysicalMemory:
     def _untouched(self, first: int, end: int) -> bool:
         """No write yet to any page of [first, end)."""
         if self._keys_sorted is None and len(self._pages) > end - first:
-            written = not self._pages.keys().isdisjoint(range(first, end))   # cheaper than sorting
+            written = not self._pages.keys().isdisjoint(range(first, end))   # fewer lookups than keys to sort
         else:
             keys = self._keys()
             k = bisect.bisect_left(keys, first)
@@ -267,9 +268,9 @@ class PhysicalMemory:
         """Log indices of the writes that touched page `pfn`, in order (None: no write)."""
         seqs = self._pages.get(pfn)
         if seqs is None and self._spans:
-            span = self._span_at(pfn)
-            if span is not None:
-                return [span[2]]
+            i = bisect.bisect_right(self._span_starts, pfn) - 1
+            if i >= 0 and pfn < self._spans[i][1]:
+                return [self._spans[i][2]]
         return seqs
 
     def _delta(self, pfn: int, seq: int) -> Delta:
