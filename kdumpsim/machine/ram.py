@@ -66,31 +66,42 @@ class WriteRecord:
 
 
 class _DeltaView:
-    """`memory.deltas.get(pfn)`: the Delta list of a page, built when asked."""
+    """`memory.deltas.get(pfn)`: the Delta list of a page, built when asked
+    (iterating gives the written pages in pfn order)."""
 
     def __init__(self, mem: PhysicalMemory):
         self._mem = mem
 
     def get(self, pfn: int, default=None):
-        return self._mem.deltas_of(pfn) if pfn in self._mem._pages else default
+        return self._mem.deltas_of(pfn) if pfn in self else default
 
     def __contains__(self, pfn: int) -> bool:
-        return pfn in self._mem._pages
+        return self._mem._seqs(pfn) is not None
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._mem._pages)
+        return iter(self._mem.touched_pfns())
 
     def __len__(self) -> int:
-        return len(self._mem._pages)
+        return len(self._mem.touched_pfns())
 
 
 class PhysicalMemory:
     """Physical address space: System RAM ranges, zero-filled ranges, and the write history.
 
     A write is kept once (its record in `log`, its bytes in `_data`); each page
-    it touches only notes the write's index (`_pages`), so loading a 40 MiB
-    kernel costs a list append per page, not an object per page. Deltas are
-    built from these when a reader asks for them."""
+    it touches only notes the write's index (`_pages`). Deltas are built from
+    these when a reader asks for them.
+
+    Spans: a write that covers at least SPAN_MIN_PAGES whole pages nobody
+    wrote before (a kexec segment loaded at boot) notes its whole pages as one
+    span (first_pfn, end_pfn, seq) instead of one list per page, so loading a
+    40 MiB kernel costs a few list operations, not ten thousand appends. A
+    span's pages are in no `_pages` list; a later write to one gives it its
+    list back ([seq, later...]: the same writes in the same order), so every
+    reader sees what the per-page index alone would show
+    (tests/unit/test_ram_spans.py)."""
+
+    SPAN_MIN_PAGES = 64
 
     def __init__(self, ram: list[tuple[int, int]], key: int, zero: Iterable[tuple[int, int]] = ()):
         # ram / zero: half-open [start, end) ranges, sorted.
@@ -99,6 +110,9 @@ class PhysicalMemory:
         self.zero = sorted(zero)
         self.key = key & 0xFFFF_FFFF_FFFF_FFFF
         self._pages: dict[int, list[int]] = {}      # pfn -> indices in `log` of the writes touching it
+        self._spans: list[tuple[int, int, int]] = []  # (first_pfn, end_pfn, seq), sorted, no page in _pages
+        self._span_starts: list[int] = []
+        self._keys_sorted: list[int] | None = None  # sorted(_pages)
         self._data: list[bytes] = []                 # the bytes of log[i]
         self.deltas = _DeltaView(self)
         self.log: list[WriteRecord] = []
@@ -184,14 +198,80 @@ class PhysicalMemory:
         self._data.append(data)
         if not data:
             return
+        first, end = addr >> PAGE_SHIFT, ((addr + len(data) - 1) >> PAGE_SHIFT) + 1
+        if len(data) >= self.SPAN_MIN_PAGES << PAGE_SHIFT:
+            lo, hi = (addr + PAGE_SIZE - 1) >> PAGE_SHIFT, (addr + len(data)) >> PAGE_SHIFT   # its whole pages
+            if hi - lo >= self.SPAN_MIN_PAGES and self._untouched(lo, hi):
+                i = bisect.bisect_left(self._span_starts, lo)
+                self._spans.insert(i, (lo, hi, seq))
+                self._span_starts.insert(i, lo)
+                self._touched_sorted = None
+                self._note(first, lo, seq)
+                self._note(hi, end, seq)
+                return
+        self._note(first, end, seq)
+
+    def _note(self, first: int, end: int, seq: int) -> None:
+        """Append write `seq` to the lists of pages [first, end)."""
+        starts = self._span_starts
+        if starts and first < end:
+            i = bisect.bisect_right(starts, end - 1) - 1       # the last span starting before `end`
+            if i >= 0 and self._spans[i][1] > first:
+                self._unspan(first, end)
         pages = self._pages
-        for pfn in range(addr >> PAGE_SHIFT, ((addr + len(data) - 1) >> PAGE_SHIFT) + 1):
+        for pfn in range(first, end):
             seqs = pages.get(pfn)
             if seqs is None:
                 pages[pfn] = [seq]
-                self._touched_sorted = None
+                self._touched_sorted = self._keys_sorted = None
             else:
                 seqs.append(seq)
+
+    def _spans_in(self, first: int, end: int) -> tuple[int, int]:
+        """The index range [i, j) of the spans with a page in [first, end)."""
+        i = bisect.bisect_right(self._span_starts, first) - 1
+        if i < 0 or self._spans[i][1] <= first:
+            i += 1
+        return i, bisect.bisect_left(self._span_starts, end, lo=i)
+
+    def _untouched(self, first: int, end: int) -> bool:
+        """No write yet to any page of [first, end)."""
+        if self._keys_sorted is None and len(self._pages) > end - first:
+            written = not self._pages.keys().isdisjoint(range(first, end))   # fewer lookups than keys to sort
+        else:
+            keys = self._keys()
+            k = bisect.bisect_left(keys, first)
+            written = k < len(keys) and keys[k] < end
+        i, j = self._spans_in(first, end)
+        return not written and i == j
+
+    def _unspan(self, first: int, end: int) -> None:
+        """Give the span pages in [first, end) their own lists again."""
+        i, j = self._spans_in(first, end)
+        if i == j:
+            return
+        rest: list[tuple[int, int, int]] = []
+        for a, b, seq in self._spans[i:j]:
+            for pfn in range(max(a, first), min(b, end)):
+                self._pages[pfn] = [seq]
+            rest += [(a, first, seq)] if a < first else []
+            rest += [(end, b, seq)] if end < b else []
+        self._spans[i:j] = rest
+        self._span_starts[i:j] = [a for a, _, _ in rest]
+        self._keys_sorted = None
+
+    def _span_at(self, pfn: int) -> tuple[int, int, int] | None:
+        i = bisect.bisect_right(self._span_starts, pfn) - 1
+        return self._spans[i] if i >= 0 and pfn < self._spans[i][1] else None
+
+    def _seqs(self, pfn: int) -> list[int] | None:
+        """Log indices of the writes that touched page `pfn`, in order (None: no write)."""
+        seqs = self._pages.get(pfn)
+        if seqs is None and self._spans:
+            i = bisect.bisect_right(self._span_starts, pfn) - 1
+            if i >= 0 and pfn < self._spans[i][1]:
+                return [self._spans[i][2]]
+        return seqs
 
     def _delta(self, pfn: int, seq: int) -> Delta:
         w, src = self.log[seq], self._data[seq]
@@ -203,12 +283,12 @@ class PhysicalMemory:
     def deltas_of(self, pfn: int, keep: Callable[[WriteRecord], bool] | None = None) -> list[Delta]:
         """Every write's part in page `pfn` (those `keep` accepts), in write order."""
         log = self.log
-        return [self._delta(pfn, s) for s in self._pages.get(pfn, ()) if keep is None or keep(log[s])]
+        return [self._delta(pfn, s) for s in self._seqs(pfn) or () if keep is None or keep(log[s])]
 
     def writes_to(self, pfn: int) -> list[WriteRecord]:
         """The writes that touched page `pfn`, in order (cheaper than deltas_of)."""
         log = self.log
-        return [log[s] for s in self._pages.get(pfn, ())]
+        return [log[s] for s in self._seqs(pfn) or ()]
 
     def written_after(self, addr: int, size: int, time: int) -> bool:
         """Did any write after `time` touch a page of [addr, addr+size)? (The
@@ -249,14 +329,14 @@ class PhysicalMemory:
 
     def seqs_of(self, pfn: int) -> list[int]:
         """Log indices of the writes that touched page `pfn`, in order."""
-        return self._pages.get(pfn, [])
+        return self._seqs(pfn) or []
 
     def page(self, pfn: int, time: int | None = None,
              keep: Callable[[WriteRecord], bool] | None = None) -> bytes | memoryview:
         """Page `pfn` as it was at `time` (None: after every write), optionally
         applying only the writes `keep` accepts (it sees their WriteRecord:
         time, actor, addr, length). Read-only: may be a view."""
-        seqs = self._pages.get(pfn)
+        seqs = self._seqs(pfn)
         if not seqs:
             return self.base_page(pfn)
         log = self.log
@@ -272,17 +352,25 @@ class PhysicalMemory:
         nothing since (a loaded segment as purgatory hashes it)."""
         if addr & (PAGE_SIZE - 1) or size & (PAGE_SIZE - 1) or not size:
             return None
-        first, n = addr >> PAGE_SHIFT, size >> PAGE_SHIFT
-        pages = self._pages
-        lists = [pages.get(p) for p in range(first, first + n)]
-        if None in lists or sum(map(len, lists)) != n:
-            return None           # a page nobody wrote, or one written more than once
-        seq = lists[0][0]
-        # One write is contiguous: if it covers the first and the last page,
-        # it covers every page between, and each of those has no other write.
+        pfn, end = addr >> PAGE_SHIFT, (addr + size) >> PAGE_SHIFT
+        seq, pages = None, self._pages
+        while pfn < end:             # each page has exactly one write (a span's pages do)
+            seqs = pages.get(pfn)
+            if seqs is None:
+                span = self._span_at(pfn) if self._spans else None
+                if span is None:
+                    return None      # a page nobody wrote
+                s, pfn = span[2], span[1]
+            elif len(seqs) == 1:
+                s, pfn = seqs[0], pfn + 1
+            else:
+                return None          # a page written more than once
+            seq = s if seq is None else seq
+        # One write is contiguous: if the first page's covers the range, it
+        # touched every page, so it is each page's one write.
+        assert seq is not None       # size > 0
         w = self.log[seq]
-        if lists[-1][0] != seq or w.addr > addr or w.addr + w.length < addr + size \
-                or (time is not None and w.time > time):
+        if w.addr > addr or w.addr + w.length < addr + size or (time is not None and w.time > time):
             return None
         off = addr - w.addr
         return memoryview(self._data[seq])[off:off + size]
@@ -290,7 +378,7 @@ class PhysicalMemory:
     def _visible_full(self, pfn: int, time: int | None) -> int | None:
         """The write (log index) that alone makes up page `pfn` at `time`, if any."""
         pstart, log = pfn << PAGE_SHIFT, self.log
-        for s in reversed(self._pages.get(pfn, ())):
+        for s in reversed(self._seqs(pfn) or ()):
             if time is None or log[s].time <= time:
                 return s if self._covers(s, pstart) else None
         return None
@@ -336,8 +424,13 @@ class PhysicalMemory:
     def touched_pfns(self) -> list[int]:
         """Sorted frame numbers of every page something wrote."""
         if self._touched_sorted is None:
-            self._touched_sorted = sorted(self._pages)
+            self._touched_sorted = self._touched(0, 1 << 64) if self._spans else self._keys()
         return self._touched_sorted
+
+    def _keys(self) -> list[int]:
+        if self._keys_sorted is None:
+            self._keys_sorted = sorted(self._pages)
+        return self._keys_sorted
 
     def written_by(self, actors: set[str], after: int, start: int, end: int) -> list[int]:
         """Sorted frame numbers of pages in [start, end) bytes that `actors`
@@ -357,10 +450,18 @@ class PhysicalMemory:
 
     def touched_in(self, start: int, end: int) -> list[int]:
         """Written pages in [start, end) bytes, sorted."""
-        pfns = self.touched_pfns()
-        lo = bisect.bisect_left(pfns, start >> PAGE_SHIFT)
-        hi = bisect.bisect_left(pfns, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
-        return pfns[lo:hi]
+        return self._touched(start >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
+
+    def _touched(self, first: int, stop: int) -> list[int]:
+        """Written pages in [first, stop) (frame numbers), sorted: the listed ones and the spans'."""
+        keys = self._keys()
+        out = keys[bisect.bisect_left(keys, first):bisect.bisect_left(keys, stop)]
+        i, j = self._spans_in(first, stop) if self._spans else (0, 0)
+        if i < j:
+            for a, b, _ in self._spans[i:j]:
+                out += range(max(a, first), min(b, stop))
+            out.sort()
+        return out
 
     def writes_in(self, start: int, end: int, since: int | None = None,
                   actors: set[str] | None = None) -> list[WriteRecord]:
