@@ -469,6 +469,25 @@ class MakedumpfileCopy:
         base = np.isin(self.k.page_classes(pfns), self.excluded)
         return int(sum(b != self.overrides[int(p)] for p, b in zip(pfns, base)))
 
+    def kept_read_times(self, pfns: list[int]) -> list[int | None]:
+        """Once settled: when makedumpfile reads each of `pfns` (None: it does
+        not read it), as read_kept_page finds it; the written pages' times come
+        from one vectorised pass."""
+        known = self._written_read_times()
+        out: list[int | None] = []
+        for pfn in pfns:
+            at = known.get(pfn)
+            if at is None and self.read_by_makedumpfile(pfn):
+                at = self.page_read_time(pfn)
+            out.append(at)
+        return out
+
+    def remember_zero_tests(self, tests: list[tuple[int, int, bool]]) -> None:
+        """(pfn, read time, all zeros) tests made on the page as read then
+        (the metrics build those pages anyway): zero_pages need not read them again."""
+        for pfn, at, zero in tests:
+            self._zero_at[(pfn, at)] = zero
+
 
 class _PageAt:
     """One page's content at read times, each distinct content read once: it

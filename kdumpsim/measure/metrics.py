@@ -13,14 +13,16 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kdumpsim import defaults as D
+from kdumpsim.crash.collector import DL_EXCLUDE_ZERO
 from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes
 from kdumpsim.machine.ram import PAGE_SHIFT, Delta, WriteRecord
 from kdumpsim.names import CMA, cpu_of
 
 if TYPE_CHECKING:
     from kdumpsim.crash.run import CrashRun
-    from kdumpsim.machine.ram import PhysicalMemory
 
 PAGE = D.PAGE_SIZE
 
@@ -94,82 +96,170 @@ def _chunk_units(run: CrashRun, chunk: Any, origin: int) -> Iterator[tuple[int, 
 def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     """(dumped RAM tally, backup-region tally, dumped units, excluded pages DMA
     wrote) for the copy that ran. A page the collector left out of the dump
-    (makedumpfile: free, cache, user, zero) is no dump damage whatever DMA did to it."""
+    (makedumpfile: free, cache, user, zero) is no dump damage whatever DMA did to it.
+
+    The collector is asked about each unit in file order (before every cycle
+    is decided, makedumpfile's answers depend on that order); the dumped-RAM
+    units are then compared all at once (_compare_in_place). The same answers
+    as dump_corruption_per_page, the plain per-page comparison."""
     ram, backup = Tally(), Tally()
-    v, copy, mem = run.vmcore, run.copy, run.machine.memory
-    units = sum(-(-c.size // PAGE) for c in v.chunks)
-    mdf = copy.collector == "makedumpfile"
-    # Once every cycle is decided makedumpfile's answers no longer depend on
-    # the order they are asked in: a whole page is read once for both its
-    # all-zeros test and its comparison. Before (the capture stopped in a
-    # cycle's mem_map read), the order the per-page code asked in is kept.
-    settled = mdf and copy.settled()
-    if mdf and not settled:
-        units = copy.pages_read() - copy.zero_pages()
+    v, copy = run.vmcore, run.copy
+    units, settled = _dump_units(run)
+    mdf_zero = settled and bool(copy.dump_level & DL_EXCLUDE_ZERO)
     excluded_hit = 0
-    in_place: list[tuple[int, int, list[int], list[int]]] = []
+    in_place: list[tuple[int, int, int | None, bool]] = []      # (address, bytes, read time or None, zero test)
     for chunk in v.chunks:
         origin = chunk.origin
-        tally = ram if origin == chunk.paddr else backup
-        for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+        if origin != chunk.paddr:       # relocated data (the backup region): small, page by page
+            for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+                excluded_hit += _plain_unit(run, settled, chunk, offset, src, truth_addr, backup)
+            continue
+        full: list[int] = []
+        for offset, src, _ in _chunk_units(run, chunk, origin):
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
-            if settled and origin == chunk.paddr and n == PAGE and not src & (PAGE - 1):
-                got, when = copy.read_kept_page(src >> PAGE_SHIFT)
+            if settled and n == PAGE and not src & (PAGE - 1):
+                full.append(src)        # read times asked below, all at once (settled: any order)
             elif copy.kept(offset):
-                when = copy.read_time(offset)
-                if src == truth_addr:       # dumped RAM: compared below, every page at once
-                    seen, truth = _views(mem, src >> PAGE_SHIFT, when)
-                    if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
-                        in_place.append((src, n, seen, truth))
-                    continue
-                got = mem.read(src, n, when)
+                in_place.append((src, n, copy.read_time(offset), False))
             else:
-                got = None
-            if got is None:
-                excluded_hit += bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62))
-                continue
-            want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
-                            for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
-            want = want[:n]
-            deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
-                      for d in device_deltas(run, p, 0, when)]
-            tally.add(diff_bytes(got, want), deltas)
-    bases = mem.base_pages([src >> PAGE_SHIFT for src, _, _, _ in in_place])
-    for (src, n, seen, truth), base in zip(in_place, bases):
-        ram.add_parts(*_unit_in_place(run, src, n, seen, truth, base))
+                in_place.append((src, n, None, False))
+        if full:
+            times = copy.kept_read_times([a >> PAGE_SHIFT for a in full])
+            in_place += [(a, PAGE, at, mdf_zero) for a, at in zip(full, times)]
+    excluded_hit += _compare_in_place(run, in_place, ram)
     if settled:
         units = copy.pages_read() - copy.zero_pages()
     return ram, backup, units, excluded_hit
 
 
-def _views(mem: PhysicalMemory, pfn: int, when: int) -> tuple[list[int], list[int]]:
-    """The writes of page `pfn` the copy saw at `when`, and the truth's (log indices)."""
-    log, seqs = mem.log, mem.seqs_of(pfn)
-    return [s for s in seqs if log[s].time <= when], [s for s in seqs if is_truth(log[s])]
+def dump_corruption_per_page(run: CrashRun) -> tuple[Tally, Tally, int, int]:
+    """dump_corruption the straightforward way: each unit read as the copy
+    read it and compared with the truth's bytes, one by one (kept for the
+    tests that pin dump_corruption's batched comparison to it)."""
+    ram, backup = Tally(), Tally()
+    units, settled = _dump_units(run)
+    excluded_hit = 0
+    for chunk in run.vmcore.chunks:
+        tally = ram if chunk.origin == chunk.paddr else backup
+        for offset, src, truth_addr in _chunk_units(run, chunk, chunk.origin):
+            excluded_hit += _plain_unit(run, settled, chunk, offset, src, truth_addr, tally)
+    if settled:
+        units = run.copy.pages_read() - run.copy.zero_pages()
+    return ram, backup, units, excluded_hit
 
 
-def _unit_in_place(run: CrashRun, src: int, n: int, seen: list[int], truth: list[int],
-                   base: bytes) -> tuple[int, list[tuple[str, int, int]]]:
-    """(bytes that differ, the device writes behind them) for the `n` bytes at
-    `src` (within one page, whose base content is `base`) that the copy read
-    with the writes `seen` visible, against the truth's writes there: the
-    same as comparing mem.read(src, n, when) with truth_page, both pages
-    built from one list of the page's writes and one base page."""
+def _dump_units(run: CrashRun) -> tuple[int, bool]:
+    """(dumped units as far as known before the comparison, makedumpfile settled).
+    Once every cycle is decided makedumpfile's answers no longer depend on
+    the order they are asked in: a whole page is read once for both its
+    all-zeros test and its comparison. Before (the capture stopped in a
+    cycle's mem_map read), the order the per-page code asked in is kept."""
+    copy = run.copy
+    units = sum(-(-c.size // PAGE) for c in run.vmcore.chunks)
+    mdf = copy.collector == "makedumpfile"
+    settled = mdf and copy.settled()
+    if mdf and not settled:
+        units = copy.pages_read() - copy.zero_pages()
+    return units, settled
+
+
+def _plain_unit(run: CrashRun, settled: bool, chunk: Any, offset: int, src: int, truth_addr: int,
+                tally: Tally) -> int:
+    """Compare one unit as the copy read it with the truth into `tally`;
+    1 if the collector left it out though a device wrote it."""
+    copy, mem = run.copy, run.machine.memory
+    n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
+    if settled and chunk.origin == chunk.paddr and n == PAGE and not src & (PAGE - 1):
+        got, when = copy.read_kept_page(src >> PAGE_SHIFT)
+    elif copy.kept(offset):
+        when = copy.read_time(offset)
+        got = mem.read(src, n, when)
+    else:
+        got = None
+    if got is None:
+        return int(bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62)))
+    want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
+                    for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
+    want = want[:n]
+    deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
+              for d in device_deltas(run, p, 0, when)]
+    tally.add(diff_bytes(got, want), deltas)
+    return 0
+
+
+COMPARE_ROWS = 2048     # pages compared per numpy batch (2 x 8 MiB): memory does not grow with the dump
+
+
+def _compare_in_place(run: CrashRun, units: list[tuple[int, int, int | None, bool]], ram: Tally) -> int:
+    """Compare dumped-RAM units (address, bytes within one page, read time or
+    None if not in the dump, makedumpfile's all-zeros test due) with the
+    truth into `ram`; return how many the collector left out though a device
+    wrote them. From the write indices alone: a unit whose visible writes are
+    the truth's cannot differ (only its all-zeros test needs the page);
+    the rest are built from one base page each (computed together) and
+    counted all at once. The zero tests made go to the collector."""
     mem = run.machine.memory
-    log = mem.log
-    pfn = src >> PAGE_SHIFT
-    off = src & (PAGE - 1)
-    nbytes = diff_bytes(mem.compose(pfn, seen, lambda: base)[off:off + n],
-                        mem.compose(pfn, truth, lambda: base)[off:off + n])
-    if not nbytes:
-        return 0, []
-    names, pstart = run.device_names, pfn << PAGE_SHIFT
-    parts = []
-    for s in seen:
+    log, names = mem.log, run.device_names
+    excluded = 0
+    todo: list[tuple[int, int, int, int, list[int], list[int], bool]] = []
+    for src, n, when, ztest in units:
+        pfn = src >> PAGE_SHIFT
+        seqs = mem.seqs_of(pfn)
+        if when is None:
+            excluded += _device_wrote(log, seqs, names)
+            continue
+        seen = [s for s in seqs if log[s].time <= when]
+        truth = [s for s in seqs if is_truth(log[s])]
+        if ztest or seen != truth:
+            todo.append((pfn, src & (PAGE - 1), n, when, seen, truth, ztest))
+    zero_tests: list[tuple[int, int, bool]] = []
+    for lo in range(0, len(todo), COMPARE_ROWS):
+        excluded += _compare_rows(run, todo[lo:lo + COMPARE_ROWS], ram, zero_tests)
+    if zero_tests:
+        run.copy.remember_zero_tests(zero_tests)
+    return excluded
+
+
+def _compare_rows(run: CrashRun, rows: list[tuple[int, int, int, int, list[int], list[int], bool]],
+                  ram: Tally, zero_tests: list[tuple[int, int, bool]]) -> int:
+    mem = run.machine.memory
+    log, names = mem.log, run.device_names
+    bases = mem.base_pages([r[0] for r in rows])
+    got_rows, truth_rows = [], []
+    for (pfn, _, _, _, seen, truth, _), base in zip(rows, bases):
+        got = mem.compose(pfn, seen, lambda b=base: b) if seen else base
+        got_rows.append(got)
+        truth_rows.append(got if truth == seen else mem.compose(pfn, truth, lambda b=base: b) if truth else base)
+    got_arr = np.frombuffer(b"".join(got_rows), np.uint8).reshape(len(rows), PAGE)
+    differ = got_arr != np.frombuffer(b"".join(truth_rows), np.uint8).reshape(len(rows), PAGE)
+    counts = np.count_nonzero(differ, axis=1).tolist()
+    zero = (~got_arr.any(axis=1)).tolist()
+    excluded = 0
+    for i, (pfn, off, n, when, seen, _, ztest) in enumerate(rows):
+        if ztest:
+            zero_tests.append((pfn, when, zero[i]))
+            if zero[i]:         # read as all zeros: not in the dump
+                excluded += _device_wrote(log, mem.seqs_of(pfn), names)
+                continue
+        nbytes = counts[i] if n == PAGE else int(np.count_nonzero(differ[i, off:off + n]))
+        if nbytes:
+            ram.add_parts(nbytes, _device_parts(log, pfn, seen, names))
+    return excluded
+
+
+def _device_wrote(log: list[WriteRecord], seqs: list[int], names: set[str]) -> int:
+    """1 if a device wrote any of the writes `seqs` after the panic (device_deltas(pfn, 0, 1 << 62))."""
+    return int(any(0 < log[s].time <= 1 << 62 and log[s].actor in names for s in seqs))
+
+
+def _device_parts(log: list[WriteRecord], pfn: int, seqs: list[int], names: set[str]) -> list[tuple[str, int, int]]:
+    """(actor, bytes within page `pfn`, time) of the device writes among `seqs` after the panic."""
+    pstart, parts = pfn << PAGE_SHIFT, []
+    for s in seqs:
         w = log[s]
         if w.time > 0 and w.actor in names:
             parts.append((w.actor, min(w.addr + w.length, pstart + PAGE) - max(w.addr, pstart), w.time))
-    return nbytes, parts
+    return parts
 
 
 def dma_hits(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
