@@ -1,6 +1,7 @@
 """dump_corruption's batched comparison (issue #19) gives what the plain
 per-page comparison gives (dump_corruption_per_page: each unit read as the
-copy read it, the truth's bytes joined, the device Deltas behind it): the
+copy read it, the truth's bytes joined, the device Deltas behind it), and
+dma_hits what regions_of gives write by write (dma_hits_per_write): the
 whole metrics of a run measured either way are the same."""
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def test_batched_comparison_equals_the_per_page_one(name, monkeypatch) -> None:
     model, overrides, seed = CASES[name]
     batched = _record(model, overrides, seed)
     monkeypatch.setattr(metrics, "dump_corruption", metrics.dump_corruption_per_page)
+    monkeypatch.setattr(metrics, "dma_hits", metrics.dma_hits_per_write)
     plain = _record(model, overrides, seed)
     assert batched == plain
     regions = batched["regions"]
@@ -61,3 +63,19 @@ def test_the_cases_exercise_the_edges() -> None:
     assert recs["makedumpfile_d1"]["collector"]["excluded_pages_hit"] > 0            # all-zeros pages only
     assert recs["makedumpfile_d0"]["collector"]["excluded_pages_hit"] == 0
     assert recs["paper_2005_backup"]["regions"]["dumped_backup"]["writers"].keys() == {"low0"}
+
+
+def test_dma_hits_equal_regions_of_write_by_write() -> None:
+    """A ring across the reservation's start (the first kernel's mem_map, the
+    elfcorehdr, the reservation's free memory) whose 6K writes cross region edges."""
+    ring = ('devices=[{"name": "nic0", "kind": "cyclic", "bus": "pcie0", "buffer_size": "8M", "chunk": "6K", '
+            '"period": "1ms", "duration": "60s", "capture_driver": false, '
+            '"placement": {"mode": "stale", "start": 0x37c00000, "end": 0x38400000}}]')
+    run = simulate(load_named("modern-x86_64", *SMALL_MODERN, ring), 1, trace=False)
+    edges = run.region_edges()
+    crossing = [w for w in run.machine.memory.log if w.actor == "nic0" and w.time > 0
+                and any(w.addr < e < w.addr + w.length for e in edges)]
+    assert crossing, "some writes cross a region edge"
+    for after in (0, run.phase["purgatory_end"], run.phase["capture_boot_start"]):
+        assert metrics.dma_hits(run, after) == metrics.dma_hits_per_write(run, after)
+    assert {"mem_map", "elfcorehdr", "reservation_free"} <= set(metrics.dma_hits(run))
