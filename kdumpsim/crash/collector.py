@@ -482,11 +482,10 @@ class MakedumpfileCopy:
             out.append(at)
         return out
 
-    def remember_zero_tests(self, tests: list[tuple[int, int, bool]]) -> None:
-        """(pfn, read time, all zeros) tests made on the page as read then
+    def remember_zero_tests(self, pfns: list[int], times: list[int], zero: list[bool]) -> None:
+        """All-zeros tests of pages `pfns` as read at `times`, made elsewhere
         (the metrics build those pages anyway): zero_pages need not read them again."""
-        for pfn, at, zero in tests:
-            self._zero_at[(pfn, at)] = zero
+        self._zero_at.update(zip(zip(pfns, times), zero))
 
 
 class _PageAt:

@@ -108,7 +108,7 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     units, settled = _dump_units(run)
     mdf_zero = settled and bool(copy.dump_level & DL_EXCLUDE_ZERO)
     excluded_hit = 0
-    in_place: list[tuple[int, int, int | None, bool]] = []      # (address, bytes, read time or None, zero test)
+    in_place = _Units()
     for chunk in v.chunks:
         origin = chunk.origin
         if origin != chunk.paddr:       # relocated data (the backup region): small, page by page
@@ -119,14 +119,11 @@ def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
         for offset, src, _ in _chunk_units(run, chunk, origin):
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
             if settled and n == PAGE and not src & (PAGE - 1):
-                full.append(src)        # read times asked below, all at once (settled: any order)
-            elif copy.kept(offset):
-                in_place.append((src, n, copy.read_time(offset), False))
+                full.append(src >> PAGE_SHIFT)      # read times asked below, all at once (settled: any order)
             else:
-                in_place.append((src, n, None, False))
-        if full:
-            times = copy.kept_read_times([a >> PAGE_SHIFT for a in full])
-            in_place += [(a, PAGE, at, mdf_zero) for a, at in zip(full, times)]
+                in_place.add(src, n, copy.read_time(offset) if copy.kept(offset) else None, False)
+        for pfn, at in zip(full, copy.kept_read_times(full) if full else []):
+            in_place.add(pfn << PAGE_SHIFT, PAGE, at, mdf_zero)
     excluded_hit += _compare_in_place(run, in_place, ram)
     if settled:
         units = copy.pages_read() - copy.zero_pages()
@@ -191,36 +188,48 @@ def _plain_unit(run: CrashRun, settled: bool, chunk: Any, offset: int, src: int,
 COMPARE_ROWS = 2048     # pages compared per numpy batch (2 x 8 MiB): memory does not grow with the dump
 
 
-def _compare_in_place(run: CrashRun, units: list[tuple[int, int, int | None, bool]], ram: Tally) -> int:
-    """Compare dumped-RAM units (address, bytes within one page, read time or
-    None if not in the dump, makedumpfile's all-zeros test due) with the
-    truth into `ram`; return how many the collector left out though a device
-    wrote them. From the write indices alone: a unit whose visible writes are
-    the truth's cannot differ (only its all-zeros test needs the page);
-    the rest are built over their base pages (computed together) and
-    counted all at once. The zero tests made go to the collector."""
+class _Units:
+    """Dumped-RAM units to compare, as parallel lists of plain values: the
+    address, the bytes (within one page), the read time (None: not in the
+    dump), makedumpfile's all-zeros test due. Nothing the garbage collector
+    tracks is kept per unit, so holding a thousand costs it nothing."""
+
+    def __init__(self) -> None:
+        self.src: list[int] = []
+        self.n: list[int] = []
+        self.when: list[int | None] = []
+        self.ztest: list[bool] = []
+
+    def add(self, src: int, n: int, when: int | None, ztest: bool) -> None:
+        self.src.append(src)
+        self.n.append(n)
+        self.when.append(when)
+        self.ztest.append(ztest)
+
+
+def _compare_in_place(run: CrashRun, units: _Units, ram: Tally) -> int:
+    """Compare the dumped-RAM `units` with the truth into `ram`; return how
+    many the collector left out though a device wrote them. From the write
+    indices alone: a unit whose visible writes are the truth's cannot differ
+    (only its all-zeros test needs the page); the rest are built over their
+    base pages (computed together) and counted all at once. The zero tests
+    made go to the collector."""
     mem = run.machine.memory
     w = _LogFacts(run)
     times, truthy = w.times, w.truthy
     excluded = 0
-    # Only ints and tuples of ints are kept per unit: the garbage collector
-    # stops tracking those, so a thousand pages held here cost it nothing.
-    todo: list[_Row] = []
-    for src, n, when, ztest in units:
-        pfn = src >> PAGE_SHIFT
-        seqs = mem.seqs_of(pfn)
+    rows: list[int] = []            # the units that need their pages built
+    for i, (src, when, ztest) in enumerate(zip(units.src, units.when, units.ztest)):
+        seqs = mem.seqs_of(src >> PAGE_SHIFT)
         if when is None:
             excluded += w.device_wrote(seqs)
-            continue
-        seen = tuple([s for s in seqs if times[s] <= when])
-        truth = tuple([s for s in seqs if truthy[s]])
-        if ztest or seen != truth:
-            todo.append((pfn, src & (PAGE - 1), n, when, seen, truth, ztest))
-    zero_tests: list[tuple[int, int, bool]] = []
-    for lo in range(0, len(todo), COMPARE_ROWS):
-        excluded += _compare_rows(mem, w, todo[lo:lo + COMPARE_ROWS], ram, zero_tests)
-    if zero_tests:
-        run.copy.remember_zero_tests(zero_tests)
+        elif ztest or [s for s in seqs if times[s] <= when] != [s for s in seqs if truthy[s]]:
+            rows.append(i)
+    zero_tests: tuple[list[int], list[int], list[bool]] = ([], [], [])
+    for lo in range(0, len(rows), COMPARE_ROWS):
+        excluded += _compare_rows(mem, w, units, rows[lo:lo + COMPARE_ROWS], ram, zero_tests)
+    if zero_tests[0]:
+        run.copy.remember_zero_tests(*zero_tests)
     return excluded
 
 
@@ -240,7 +249,7 @@ class _LogFacts:
         device, times = self.device, self.times
         return int(any(device[s] and times[s] <= 1 << 62 for s in seqs))
 
-    def parts(self, pfn: int, seqs: tuple[int, ...]) -> list[tuple[str, int, int]]:
+    def parts(self, pfn: int, seqs: list[int]) -> list[tuple[str, int, int]]:
         """(actor, bytes within page `pfn`, time) of the device writes among `seqs` after the panic."""
         pstart, log, parts = pfn << PAGE_SHIFT, self.log, []
         for s in seqs:
@@ -250,39 +259,45 @@ class _LogFacts:
         return parts
 
 
-_Row = tuple[int, int, int, int, tuple[int, ...], tuple[int, ...], bool]   # pfn, offset, bytes, read time, seen, truth, zero test
-
-
-def _compare_rows(mem: PhysicalMemory, w: _LogFacts, rows: list[_Row],
-                  ram: Tally, zero_tests: list[tuple[int, int, bool]]) -> int:
-    """One batch of _compare_in_place: the pages as the copy got them and as
-    the truth has them, one row each, compared at once."""
-    base = mem.base_array([r[0] for r in rows])
+def _compare_rows(mem: PhysicalMemory, w: _LogFacts, units: _Units, rows: list[int],
+                  ram: Tally, zero_tests: tuple[list[int], list[int], list[bool]]) -> int:
+    """One batch of _compare_in_place: the pages of units `rows` as the copy
+    got them and as the truth has them, one row each, compared at once."""
+    times, truthy = w.times, w.truthy
+    pfns = [units.src[u] >> PAGE_SHIFT for u in rows]
+    base = mem.base_array(pfns)
     got = base.copy()
     # Each page is copied into its row as it is built (nothing held per page).
     # `base` becomes the truth's pages, row by row: a row's base is read before its row is replaced.
     got_buf, truth_buf = memoryview(got.reshape(-1)), memoryview(base.reshape(-1))
-    for i, (pfn, _, _, _, seen, truth, _) in enumerate(rows):
-        at = i * PAGE
+    for i, (pfn, u) in enumerate(zip(pfns, rows)):
+        when, seqs, at = units.when[u], mem.seqs_of(pfn), i * PAGE
+        seen = [s for s in seqs if times[s] <= when]
+        truth = [s for s in seqs if truthy[s]]
         if seen:
-            got_buf[at:at + PAGE] = mem.compose(pfn, list(seen), base[i].tobytes)
+            got_buf[at:at + PAGE] = mem.compose(pfn, seen, base[i].tobytes)
         if truth == seen:
             truth_buf[at:at + PAGE] = got_buf[at:at + PAGE]
         elif truth:
-            truth_buf[at:at + PAGE] = mem.compose(pfn, list(truth), base[i].tobytes)
+            truth_buf[at:at + PAGE] = mem.compose(pfn, truth, base[i].tobytes)
     differ = got != base
     counts = differ.view(np.uint8).sum(axis=1, dtype=np.int32).tolist()
     zero = (~got.view(np.uint64).any(axis=1)).tolist()
     excluded = 0
-    for i, (pfn, off, n, when, seen, _, ztest) in enumerate(rows):
-        if ztest:
-            zero_tests.append((pfn, when, zero[i]))
+    for i, (pfn, u) in enumerate(zip(pfns, rows)):
+        when, seqs = units.when[u], mem.seqs_of(pfn)
+        if units.ztest[u]:
+            zero_tests[0].append(pfn)
+            zero_tests[1].append(when)
+            zero_tests[2].append(zero[i])
             if zero[i]:         # read as all zeros: not in the dump
-                excluded += w.device_wrote(mem.seqs_of(pfn))
+                excluded += w.device_wrote(seqs)
                 continue
+        n = units.n[u]
+        off = units.src[u] & (PAGE - 1)
         nbytes = counts[i] if n == PAGE else int(np.count_nonzero(differ[i, off:off + n]))
         if nbytes:
-            ram.add_parts(nbytes, w.parts(pfn, seen))
+            ram.add_parts(nbytes, w.parts(pfn, [s for s in seqs if times[s] <= when]))
     return excluded
 
 
