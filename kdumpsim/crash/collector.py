@@ -417,10 +417,13 @@ class MakedumpfileCopy:
         # Settled, asking in any order gives the same answers: pick the pages
         # makedumpfile read block by block. Otherwise a page's read time may
         # decide its cycle, which changes the later answers: one by one.
-        for pfn in (self._read_among(touched) if self.settled() else touched):
-            if self.read_by_makedumpfile(pfn):
-                was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
-                n += int(self._zero_when_read(pfn)) - int(was_zero)
+        if self.settled():
+            n += self._zero_correction(self._read_among(touched))
+        else:
+            for pfn in touched:
+                if self.read_by_makedumpfile(pfn):
+                    was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
+                    n += int(self._zero_when_read(pfn)) - int(was_zero)
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
@@ -486,6 +489,20 @@ class MakedumpfileCopy:
         """All-zeros tests of pages `pfns` as read at `times`, made elsewhere
         (the metrics build those pages anyway): zero_pages need not read them again."""
         self._zero_at.update(zip(zip(pfns, times), zero))
+
+    def _zero_correction(self, read: list[int]) -> int:
+        """Once settled, for the sorted written pages makedumpfile reads
+        (`read`): those read as all zeros less those of class zero (zero_pages'
+        per-page correction, the class test one block at a time)."""
+        n = sum(self._zero_when_read(pfn) for pfn in read)
+        arr = np.array(read, dtype=np.int64)
+        lo = 0
+        while lo < len(arr):
+            b = int(arr[lo]) // BLOCK
+            hi = int(np.searchsorted(arr, (b + 1) * BLOCK))
+            n -= int(np.count_nonzero(self._block(b).cls[arr[lo:hi] - b * BLOCK] == FK.ZERO))
+            lo = hi
+        return n
 
 
 class _PageAt:
