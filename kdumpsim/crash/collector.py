@@ -449,10 +449,13 @@ class MakedumpfileCopy:
         # Settled, asking in any order gives the same answers: pick the pages
         # makedumpfile read block by block. Otherwise a page's read time may
         # decide its cycle, which changes the later answers: one by one.
-        for pfn in (self._read_among(touched) if self.settled() else touched):
-            if self.read_by_makedumpfile(pfn):
-                was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
-                n += int(self._zero_when_read(pfn)) - int(was_zero)
+        if self.settled():
+            n += self._zero_correction(self._read_among(touched))
+        else:
+            for pfn in touched:
+                if self.read_by_makedumpfile(pfn):
+                    was_zero = self._block(pfn // BLOCK).cls[pfn % BLOCK] == FK.ZERO
+                    n += int(self._zero_when_read(pfn)) - int(was_zero)
         if all(c.decided for c in self.cycles):
             self._zero = n
         return n
@@ -500,6 +503,38 @@ class MakedumpfileCopy:
         pfns = np.array(sorted(self.overrides), dtype=np.uint64)
         base = np.isin(self.k.page_classes(pfns), self.excluded)
         return int(sum(b != self.overrides[int(p)] for p, b in zip(pfns, base)))
+
+    def kept_read_times(self, pfns: list[int]) -> list[int | None]:
+        """Once settled: when makedumpfile reads each of `pfns` (None: it does
+        not read it), as read_kept_page finds it; the written pages' times come
+        from one vectorised pass."""
+        known = self._written_read_times()
+        out: list[int | None] = []
+        for pfn in pfns:
+            at = known.get(pfn)
+            if at is None and self.read_by_makedumpfile(pfn):
+                at = self.page_read_time(pfn)
+            out.append(at)
+        return out
+
+    def remember_zero_tests(self, pfns: list[int], times: list[int], zero: list[bool]) -> None:
+        """All-zeros tests of pages `pfns` as read at `times`, made elsewhere
+        (the metrics build those pages anyway): zero_pages need not read them again."""
+        self._zero_at.update(zip(zip(pfns, times), zero))
+
+    def _zero_correction(self, read: list[int]) -> int:
+        """Once settled, for the sorted written pages makedumpfile reads
+        (`read`): those read as all zeros less those of class zero (zero_pages'
+        per-page correction, the class test one block at a time)."""
+        n = sum(self._zero_when_read(pfn) for pfn in read)
+        arr = np.array(read, dtype=np.int64)
+        lo = 0
+        while lo < len(arr):
+            b = int(arr[lo]) // BLOCK
+            hi = int(np.searchsorted(arr, (b + 1) * BLOCK))
+            n -= int(np.count_nonzero(self._block(b).cls[arr[lo:hi] - b * BLOCK] == FK.ZERO))
+            lo = hi
+        return n
 
 
 class _PageAt:

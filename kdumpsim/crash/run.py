@@ -118,6 +118,12 @@ class CrashRun:
             pos = stop
         return out
 
+    def region_edges(self) -> list[int]:
+        """Sorted addresses where regions_of's answer can change: every region's
+        start and end, every reservation and CMA edge. A range between two
+        consecutive edges lies in one region (regions_of gives it whole)."""
+        return sorted({e for s, t, _ in self._regions for e in (s, t)} | set(self._plain_edges))
+
     def _plain_region(self, addr: int) -> str:
         if any(s <= addr < e for s, e in self._reserved):
             return RESERVATION_FREE

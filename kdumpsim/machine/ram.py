@@ -156,11 +156,17 @@ class PhysicalMemory:
         return words.tobytes()
 
     def base_pages(self, pfns: list[int]) -> list[bytes]:
-        """base_page of each of `pfns`, computed together: one numpy pattern,
-        each overlay once (`fill_pages(pfns, words, rows)` when it has it,
-        else page by page, in the same order base_page applies them)."""
+        """base_page of each of `pfns`, computed together (base_array)."""
+        raw = self.base_array(pfns).tobytes()
+        return [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(pfns))]
+
+    def base_array(self, pfns: list[int]) -> np.ndarray:
+        """base_page of each of `pfns` as the rows of one (len(pfns), PAGE_SIZE)
+        uint8 array: one numpy pattern, each overlay once (`fill_pages(pfns,
+        words, rows)` when it has it, else page by page, in the same order
+        base_page applies them)."""
         if not pfns:
-            return []
+            return np.zeros((0, PAGE_SIZE), dtype=np.uint8)
         arr = np.array(pfns, dtype=np.uint64)
         starts = arr << np.uint64(PAGE_SHIFT)
         words = starts[:, None] + np.arange(0, PAGE_SIZE, 8, dtype=np.uint64)
@@ -175,9 +181,8 @@ class PhysicalMemory:
             else:
                 for r in rows:
                     o.fill(int(starts[r]), words[r])
-        raw = words.tobytes()
-        zero = self._zero_pages(starts)
-        return [bytes(PAGE_SIZE) if zero[i] else raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(pfns))]
+        words[np.array(self._zero_pages(starts), dtype=bool)] = 0
+        return words.view(np.uint8)
 
     def _zero_pages(self, starts: np.ndarray) -> list[bool]:
         """_is_zero_page of the pages at `starts` (u64 addresses), vectorised."""

@@ -13,7 +13,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kdumpsim import defaults as D
+from kdumpsim.crash.collector import DL_EXCLUDE_ZERO
 from kdumpsim.crash.integrity import device_deltas, diff_bytes, segment_changes
 from kdumpsim.machine.ram import PAGE_SHIFT, Delta, WriteRecord
 from kdumpsim.names import CMA, cpu_of
@@ -94,95 +97,250 @@ def _chunk_units(run: CrashRun, chunk: Any, origin: int) -> Iterator[tuple[int, 
 def dump_corruption(run: CrashRun) -> tuple[Tally, Tally, int, int]:
     """(dumped RAM tally, backup-region tally, dumped units, excluded pages DMA
     wrote) for the copy that ran. A page the collector left out of the dump
-    (makedumpfile: free, cache, user, zero) is no dump damage whatever DMA did to it."""
+    (makedumpfile: free, cache, user, zero) is no dump damage whatever DMA did to it.
+
+    The collector is asked about each unit in file order (before every cycle
+    is decided, makedumpfile's answers depend on that order); the dumped-RAM
+    units are then compared all at once (_compare_in_place). The same answers
+    as dump_corruption_per_page, the plain per-page comparison."""
     ram, backup = Tally(), Tally()
-    v, copy, mem = run.vmcore, run.copy, run.machine.memory
-    units = sum(-(-c.size // PAGE) for c in v.chunks)
-    mdf = copy.collector == "makedumpfile"
-    # Once every cycle is decided makedumpfile's answers no longer depend on
-    # the order they are asked in: a whole page is read once for both its
-    # all-zeros test and its comparison. Before (the capture stopped in a
-    # cycle's mem_map read), the order the per-page code asked in is kept.
-    settled = mdf and copy.settled()
-    if mdf and not settled:
-        units = copy.pages_read() - copy.zero_pages()
+    v, copy = run.vmcore, run.copy
+    units, settled = _dump_units(run)
+    mdf_zero = settled and bool(copy.dump_level & DL_EXCLUDE_ZERO)
     excluded_hit = 0
-    in_place: list[tuple[int, int, list[int], list[int]]] = []
+    in_place = _Units()
     for chunk in v.chunks:
         origin = chunk.origin
-        tally = ram if origin == chunk.paddr else backup
-        for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+        if origin != chunk.paddr:       # relocated data (the backup region): small, page by page
+            for offset, src, truth_addr in _chunk_units(run, chunk, origin):
+                excluded_hit += _plain_unit(run, settled, chunk, offset, src, truth_addr, backup)
+            continue
+        full: list[int] = []
+        for offset, src, _ in _chunk_units(run, chunk, origin):
             n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
-            if settled and origin == chunk.paddr and n == PAGE and not src & (PAGE - 1):
-                got, when = copy.read_kept_page(src >> PAGE_SHIFT)
-            elif copy.kept(offset):
-                when = copy.read_time(offset)
-                if src == truth_addr:       # dumped RAM: compared below, every page at once
-                    seen, truth = _views(mem, src >> PAGE_SHIFT, when)
-                    if seen != truth:       # else the copy saw exactly the truth's writes: nothing differs
-                        in_place.append((src, n, seen, truth))
-                    continue
-                got = mem.read(src, n, when)
+            if settled and n == PAGE and not src & (PAGE - 1):
+                full.append(src >> PAGE_SHIFT)      # read times asked below, all at once (settled: any order)
             else:
-                got = None
-            if got is None:
-                excluded_hit += bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62))
-                continue
-            want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
-                            for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
-            want = want[:n]
-            deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
-                      for d in device_deltas(run, p, 0, when)]
-            tally.add(diff_bytes(got, want), deltas)
-    bases = mem.base_pages([src >> PAGE_SHIFT for src, _, _, _ in in_place])
-    for (src, n, seen, truth), base in zip(in_place, bases):
-        ram.add_parts(*_unit_in_place(run, src, n, seen, truth, base))
+                in_place.add(src, n, copy.read_time(offset) if copy.kept(offset) else None, False)
+        for pfn, at in zip(full, copy.kept_read_times(full) if full else []):
+            in_place.add(pfn << PAGE_SHIFT, PAGE, at, mdf_zero)
+    excluded_hit += _compare_in_place(run, in_place, ram)
     if settled:
         units = copy.pages_read() - copy.zero_pages()
     return ram, backup, units, excluded_hit
 
 
-def _views(mem: PhysicalMemory, pfn: int, when: int) -> tuple[list[int], list[int]]:
-    """The writes of page `pfn` the copy saw at `when`, and the truth's (log indices)."""
-    log, seqs = mem.log, mem.seqs_of(pfn)
-    return [s for s in seqs if log[s].time <= when], [s for s in seqs if is_truth(log[s])]
+def dump_corruption_per_page(run: CrashRun) -> tuple[Tally, Tally, int, int]:
+    """dump_corruption the straightforward way: each unit read as the copy
+    read it and compared with the truth's bytes, one by one (kept for the
+    tests that pin dump_corruption's batched comparison to it)."""
+    ram, backup = Tally(), Tally()
+    units, settled = _dump_units(run)
+    excluded_hit = 0
+    for chunk in run.vmcore.chunks:
+        tally = ram if chunk.origin == chunk.paddr else backup
+        for offset, src, truth_addr in _chunk_units(run, chunk, chunk.origin):
+            excluded_hit += _plain_unit(run, settled, chunk, offset, src, truth_addr, tally)
+    if settled:
+        units = run.copy.pages_read() - run.copy.zero_pages()
+    return ram, backup, units, excluded_hit
 
 
-def _unit_in_place(run: CrashRun, src: int, n: int, seen: list[int], truth: list[int],
-                   base: bytes) -> tuple[int, list[tuple[str, int, int]]]:
-    """(bytes that differ, the device writes behind them) for the `n` bytes at
-    `src` (within one page, whose base content is `base`) that the copy read
-    with the writes `seen` visible, against the truth's writes there: the
-    same as comparing mem.read(src, n, when) with truth_page, both pages
-    built from one list of the page's writes and one base page."""
+def _dump_units(run: CrashRun) -> tuple[int, bool]:
+    """(dumped units as far as known before the comparison, makedumpfile settled).
+    Once every cycle is decided makedumpfile's answers no longer depend on
+    the order they are asked in: a whole page is read once for both its
+    all-zeros test and its comparison. Before (the capture stopped in a
+    cycle's mem_map read), the order the per-page code asked in is kept."""
+    copy = run.copy
+    units = sum(-(-c.size // PAGE) for c in run.vmcore.chunks)
+    mdf = copy.collector == "makedumpfile"
+    settled = mdf and copy.settled()
+    if mdf and not settled:
+        units = copy.pages_read() - copy.zero_pages()
+    return units, settled
+
+
+def _plain_unit(run: CrashRun, settled: bool, chunk: Any, offset: int, src: int, truth_addr: int,
+                tally: Tally) -> int:
+    """Compare one unit as the copy read it with the truth into `tally`;
+    1 if the collector left it out though a device wrote it."""
+    copy, mem = run.copy, run.machine.memory
+    n = min(PAGE - (src & (PAGE - 1)), chunk.offset + chunk.size - offset)
+    if settled and chunk.origin == chunk.paddr and n == PAGE and not src & (PAGE - 1):
+        got, when = copy.read_kept_page(src >> PAGE_SHIFT)
+    elif copy.kept(offset):
+        when = copy.read_time(offset)
+        got = mem.read(src, n, when)
+    else:
+        got = None
+    if got is None:
+        return int(bool(device_deltas(run, src >> PAGE_SHIFT, 0, 1 << 62)))
+    want = b"".join(truth_page(run, p)[max(0, truth_addr - (p << PAGE_SHIFT)):]
+                    for p in range(truth_addr >> PAGE_SHIFT, ((truth_addr + n - 1) >> PAGE_SHIFT) + 1))
+    want = want[:n]
+    deltas = [d for p in {src >> PAGE_SHIFT, truth_addr >> PAGE_SHIFT}
+              for d in device_deltas(run, p, 0, when)]
+    tally.add(diff_bytes(got, want), deltas)
+    return 0
+
+
+COMPARE_ROWS = 2048     # pages compared per numpy batch (three 8 MiB arrays): memory does not grow with the dump
+
+
+class _Units:
+    """Dumped-RAM units to compare, as parallel lists of plain values: the
+    address, the bytes (within one page), the read time (None: not in the
+    dump), makedumpfile's all-zeros test due. Nothing the garbage collector
+    tracks is kept per unit, so holding a thousand costs it nothing."""
+
+    def __init__(self) -> None:
+        self.src: list[int] = []
+        self.n: list[int] = []
+        self.when: list[int | None] = []
+        self.ztest: list[bool] = []
+
+    def add(self, src: int, n: int, when: int | None, ztest: bool) -> None:
+        self.src.append(src)
+        self.n.append(n)
+        self.when.append(when)
+        self.ztest.append(ztest)
+
+
+def _compare_in_place(run: CrashRun, units: _Units, ram: Tally) -> int:
+    """Compare the dumped-RAM `units` with the truth into `ram`; return how
+    many the collector left out though a device wrote them. From the write
+    indices alone: a unit whose visible writes are the truth's cannot differ
+    (only its all-zeros test needs the page); the rest are built over their
+    base pages (computed together) and counted all at once. The zero tests
+    made go to the collector."""
     mem = run.machine.memory
-    log = mem.log
-    pfn = src >> PAGE_SHIFT
-    off = src & (PAGE - 1)
-    nbytes = diff_bytes(mem.compose(pfn, seen, lambda: base)[off:off + n],
-                        mem.compose(pfn, truth, lambda: base)[off:off + n])
-    if not nbytes:
-        return 0, []
-    names, pstart = run.device_names, pfn << PAGE_SHIFT
-    parts = []
-    for s in seen:
-        w = log[s]
-        if w.time > 0 and w.actor in names:
-            parts.append((w.actor, min(w.addr + w.length, pstart + PAGE) - max(w.addr, pstart), w.time))
-    return nbytes, parts
+    w = _LogFacts(run)
+    times, truthy = w.times, w.truthy
+    excluded = 0
+    rows: list[int] = []            # the units that need their pages built
+    for i, (src, when, ztest) in enumerate(zip(units.src, units.when, units.ztest)):
+        seqs = mem.seqs_of(src >> PAGE_SHIFT)
+        if when is None:
+            excluded += w.device_wrote(seqs)
+        elif ztest or [s for s in seqs if times[s] <= when] != [s for s in seqs if truthy[s]]:
+            rows.append(i)
+    zero_tests: tuple[list[int], list[int], list[bool]] = ([], [], [])
+    for lo in range(0, len(rows), COMPARE_ROWS):
+        excluded += _compare_rows(mem, w, units, rows[lo:lo + COMPARE_ROWS], ram, zero_tests)
+    if zero_tests[0]:
+        run.copy.remember_zero_tests(*zero_tests)
+    return excluded
+
+
+class _LogFacts:
+    """What the comparison asks of each logged write, looked up once per run:
+    its time, is it the truth's (is_truth), is it a device's after the panic."""
+
+    def __init__(self, run: CrashRun):
+        log, names = run.machine.memory.log, run.device_names
+        self.log = log
+        self.times = [w.time for w in log]
+        self.truthy = [is_truth(w) for w in log]
+        self.device = [w.time > 0 and w.actor in names for w in log]
+
+    def device_wrote(self, seqs: list[int]) -> int:
+        """1 if a device wrote any of `seqs` after the panic (device_deltas(pfn, 0, 1 << 62))."""
+        device, times = self.device, self.times
+        return int(any(device[s] and times[s] <= 1 << 62 for s in seqs))
+
+    def parts(self, pfn: int, seqs: list[int]) -> list[tuple[str, int, int]]:
+        """(actor, bytes within page `pfn`, time) of the device writes among `seqs` after the panic."""
+        pstart, log, parts = pfn << PAGE_SHIFT, self.log, []
+        for s in seqs:
+            if self.device[s]:
+                w = log[s]
+                parts.append((w.actor, min(w.addr + w.length, pstart + PAGE) - max(w.addr, pstart), w.time))
+        return parts
+
+
+def _compare_rows(mem: PhysicalMemory, w: _LogFacts, units: _Units, rows: list[int],
+                  ram: Tally, zero_tests: tuple[list[int], list[int], list[bool]]) -> int:
+    """One batch of _compare_in_place: the pages of units `rows` as the copy
+    got them and as the truth has them, one row each, compared at once."""
+    times, truthy = w.times, w.truthy
+    pfns = [units.src[u] >> PAGE_SHIFT for u in rows]
+    base = mem.base_array(pfns)
+    got = base.copy()
+    # Each page is copied into its row as it is built (nothing held per page).
+    # `base` becomes the truth's pages, row by row: a row's base is read before its row is replaced.
+    got_buf, truth_buf = memoryview(got.reshape(-1)), memoryview(base.reshape(-1))
+    for i, (pfn, u) in enumerate(zip(pfns, rows)):
+        when, seqs, at = units.when[u], mem.seqs_of(pfn), i * PAGE
+        seen = [s for s in seqs if times[s] <= when]
+        truth = [s for s in seqs if truthy[s]]
+        if seen:
+            got_buf[at:at + PAGE] = mem.compose(pfn, seen, base[i].tobytes)
+        if truth == seen:
+            truth_buf[at:at + PAGE] = got_buf[at:at + PAGE]
+        elif truth:
+            truth_buf[at:at + PAGE] = mem.compose(pfn, truth, base[i].tobytes)
+    differ = got != base
+    counts = differ.view(np.uint8).sum(axis=1, dtype=np.int32).tolist()
+    zero = (~got.view(np.uint64).any(axis=1)).tolist()
+    excluded = 0
+    for i, (pfn, u) in enumerate(zip(pfns, rows)):
+        when, seqs = units.when[u], mem.seqs_of(pfn)
+        if units.ztest[u]:
+            zero_tests[0].append(pfn)
+            zero_tests[1].append(when)
+            zero_tests[2].append(zero[i])
+            if zero[i]:         # read as all zeros: not in the dump
+                excluded += w.device_wrote(seqs)
+                continue
+        n = units.n[u]
+        off = units.src[u] & (PAGE - 1)
+        nbytes = counts[i] if n == PAGE else int(np.count_nonzero(differ[i, off:off + n]))
+        if nbytes:
+            ram.add_parts(nbytes, w.parts(pfn, [s for s in seqs if times[s] <= when]))
+    return excluded
 
 
 def dma_hits(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
     """Bytes each device wrote after time `after` (the panic), per region of
-    the capture path: a write is credited to every region it overlaps."""
+    the capture path: a write is credited to every region it overlaps. A
+    write between two consecutive region edges (run.region_edges) lies in
+    one region: found by one search for all of them, each such stretch's
+    region looked up once; only writes across an edge are split by regions_of.
+    The same answer as dma_hits_per_write."""
+    names = run.device_names
+    writes = [w for w in run.machine.memory.log if w.time > after and w.length and w.actor in names]
     hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    regions: dict[tuple[int, int], list[tuple[str, int]]] = {}     # a ring's slots are written again and again
+    if writes:
+        edges = np.array(run.region_edges(), dtype=np.uint64)
+        addrs = np.array([w.addr for w in writes], dtype=np.uint64)
+        first = np.searchsorted(edges, addrs, side="right").tolist()
+        last = np.searchsorted(edges, addrs + np.array([w.length - 1 for w in writes], dtype=np.uint64),
+                               side="right").tolist()
+        stretch: dict[int, str] = {}        # edge index -> the region of the stretch after it
+        split: dict[tuple[int, int], list[tuple[str, int]]] = {}     # a ring's slots are written again and again
+        for w, k, k_last in zip(writes, first, last):
+            if k == k_last:
+                region = stretch.get(k)
+                if region is None:
+                    region = stretch[k] = run.regions_of(w.addr, 1)[0][0]
+                hits[region][w.actor] += w.length
+                continue
+            where = split.get((w.addr, w.length))
+            if where is None:
+                where = split[(w.addr, w.length)] = run.regions_of(w.addr, w.length)
+            for region, nbytes in where:
+                hits[region][w.actor] += nbytes
+    return {r: dict(sorted(d.items())) for r, d in sorted(hits.items())}
+
+
+def dma_hits_per_write(run: CrashRun, after: int = 0) -> dict[str, dict[str, int]]:
+    """dma_hits the straightforward way, write by write through regions_of
+    (kept for the test that pins dma_hits to it)."""
+    hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for w in run.machine.memory.log:
         if w.time > after and w.actor in run.device_names:
-            where = regions.get((w.addr, w.length))
-            if where is None:
-                where = regions[(w.addr, w.length)] = run.regions_of(w.addr, w.length)
-            for region, nbytes in where:
+            for region, nbytes in run.regions_of(w.addr, w.length):
                 hits[region][w.actor] += nbytes
     return {r: dict(sorted(d.items())) for r, d in sorted(hits.items())}
 
