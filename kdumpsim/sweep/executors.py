@@ -13,6 +13,7 @@ worker ran it, nor in which order.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import random
@@ -65,12 +66,29 @@ def run_chunk(chunk: Chunk) -> list[RunResult]:
     """Simulate every run of a chunk (in a worker process). A run that raises
     becomes a row saying so; a file that cannot be written (a full disk) stops
     the chunk, and the runs before it still come back to be saved."""
+    _freeze_startup_heap()
     out = []
     for r in chunk.runs:
         out.append(_one_run(chunk, r))
         if out[-1].stopped is not None:
             break
     return out
+
+
+_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process, before its first run: move what the imports built
+    (~155k objects: modules, pydantic schemas) out of the collector's reach.
+    A run's objects form cycles (the run, its engines, its SimPy processes),
+    so the full collections that free them kept walking the imports too:
+    measured (issue #19) 5.5 ms of a 65 ms big_sweep run, 1.2 ms frozen."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
 
 
 def _one_run(chunk: Chunk, r: RunSpec) -> RunResult:
