@@ -109,10 +109,8 @@ class DmaEngine:
         iovas = self.iova.map_many(phys, sizes) if self.iova is not None else phys
         return [Buffer(p, a, s) for p, a, s in zip(phys, iovas, sizes)]
 
-    def alloc_phys(self, size: int, align: int) -> int:
-        return self.alloc_phys_many(size, align, 1)[0]
-
     def alloc_phys_many(self, size: int, align: int, count: int) -> list[int]:
+        """`count` unmapped buffers of `size` (a driver carves its own slices from them)."""
         phys = self._place_phys([size] * count, align)
         if len(phys) < count:
             self._no_room(size)
@@ -143,8 +141,7 @@ class DmaEngine:
     def _no_room(self, size: int) -> NoReturn:
         p = self.spec.placement
         if p.mode in ("allocator", "range", "wild", "given"):
-            lo, hi = (p.start, p.end) if p.mode == "range" else (0, 1 << self.spec.dma_bits)
-            where = "the first kernel's free memory" + (f" in {lo:#x}-{hi:#x}" if p.mode == "range" else "")
+            where = "the first kernel's free memory" + (f" in {p.start:#x}-{p.end:#x}" if p.mode == "range" else "")
         elif p.mode == "cma":
             where = "the CMA area"
         else:

@@ -20,12 +20,8 @@ class IovaDomain:
         self.reserved = sorted(reserved)
         self.top = (limit - in_use) // PAGE * PAGE       # other live mappings of the device sit above
 
-    def map(self, phys: int, size: int) -> int:
-        """The DMA address of [phys, phys+size): a fresh IOVA run, top-down."""
-        return self.map_many([phys], [size])[0]
-
     def map_many(self, phys: list[int], sizes: list[int]) -> list[int]:
-        """`map` of each (phys, size) in turn."""
+        """The DMA address of each [phys, phys+size) in turn: a fresh IOVA run, top-down."""
         out: list[int] = []
         top = self.top
         clear = self._clear_from(top)
