@@ -39,9 +39,9 @@ def _frag_slices(engine: DmaEngine, count: int, slice_size: int, top_down: bool)
     """`count` page_frag slices of `slice_size`, carved from 32 KiB blocks the
     page allocator hands out (order-3, naturally aligned)."""
     per_block = D.PAGE_FRAG_BLOCK // slice_size
+    blocks = engine.alloc_phys_many(D.PAGE_FRAG_BLOCK, D.PAGE_FRAG_BLOCK, -(-count // per_block))
     out: list[int] = []
-    while len(out) < count:
-        block = engine.alloc_phys(D.PAGE_FRAG_BLOCK, D.PAGE_FRAG_BLOCK)
+    for block in blocks:
         for k in range(min(per_block, count - len(out))):
             out.append(block + D.PAGE_FRAG_BLOCK - (k + 1) * slice_size if top_down else block + k * slice_size)
     return out
@@ -116,21 +116,21 @@ class E1000Rx(RxNic):
             given = self.given_addresses(s.buffer_size)
             self.posted = [min(posted, len(given))]
             self.rings = self.given_rings(ring_size, 1)
-            self.queue_buffers = [[self.map(a, s.buffer_size) for a in given[:self.posted[0]]]]
+            self.queue_buffers = [self.map_many(given[:self.posted[0]], [s.buffer_size] * self.posted[0])]
             self.buffers = list(self.queue_buffers[0])
             self.trace_mapped()
             return
         self.posted = [posted] * s.queues
-        self.rings = [self.alloc(ring_size) for _ in range(s.queues)]
+        self.rings = self.alloc_many([ring_size] * s.queues)
         self.queue_buffers = []
         for _ in range(s.queues):
             if self.run.machine.era == "2005":
                 # 2.6.13 e1000: dev_alloc_skb(2048 + ...) is a slab object of its own page, data
                 # 16 bytes in (kmalloc-4096; assumption: one buffer per page).
-                starts = [self.alloc_phys(PAGE, PAGE) + 16 for _ in range(posted)]
+                starts = [a + 16 for a in self.alloc_phys_many(PAGE, PAGE, posted)]
             else:
                 starts = [a + D.E1000_HEADROOM for a in _frag_slices(self, posted, frag, top_down=True)]
-            bufs = [self.map(a, s.buffer_size) for a in starts]
+            bufs = self.map_many(starts, [s.buffer_size] * len(starts))
             self.queue_buffers.append(bufs)
             self.buffers += bufs
         self.trace_mapped()
@@ -167,12 +167,12 @@ class VirtioNetRx(RxNic):
             self.posted = [min(self.posted[0], len(given))]
             self.rings = self.given_rings(ring_size, 1)
         else:
-            self.rings = [self.alloc(ring_size) for _ in range(s.queues)]
+            self.rings = self.alloc_many([ring_size] * s.queues)
         self.queue_buffers = []
         for q in range(s.queues):
             addrs = (given[:self.posted[q]] if given is not None
                      else _frag_slices(self, self.posted[q], s.buffer_size, top_down=False))
-            bufs = [self.map(a, s.buffer_size) for a in addrs]
+            bufs = self.map_many(addrs, [s.buffer_size] * len(addrs))
             self.queue_buffers.append(bufs)
             self.buffers += bufs
         self.used_idx = [self.rng.randrange(1 << 16) for _ in range(s.queues)]
@@ -195,15 +195,14 @@ class NvmeController(DmaEngine):
     def place(self) -> None:
         s = self.spec
         # At probe, on a young machine: the completion queues (io_queue_depth 1024) and the HMB.
-        self.rings = [self.alloc(D.NVME_CQE_BYTES * 1024) for _ in range(s.queues)]
+        self.rings = self.alloc_many([D.NVME_CQE_BYTES * 1024] * s.queues)
         self.cq_head = [self.rng.randrange(1024) for _ in range(s.queues)]
         chunks = [min(D.NVME_HMB_CHUNK, s.hmb - off) for off in range(0, s.hmb, D.NVME_HMB_CHUNK)]
         self.hmb = [self.alloc(c, _buddy_align(c)) for c in chunks]
         # At the crash: each command's data in page-cache or user pages, scattered (a PRP list).
         pages = -(-s.command_size // PAGE)
-        self.commands = [[self.alloc(min(PAGE, s.command_size - i * PAGE)) for i in range(pages)]
-                         for _ in range(s.commands)]
-        self.buffers = [b for cmd in self.commands for b in cmd]
+        self.buffers = self.alloc_many([min(PAGE, s.command_size - i * PAGE) for i in range(pages)] * s.commands)
+        self.commands = [self.buffers[c * pages:(c + 1) * pages] for c in range(s.commands)]
         self.rings += self.hmb
         self.trace_mapped()
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import simpy
 
@@ -74,6 +74,7 @@ class DmaEngine:
         self.new_domain = False      # the capture kernel's driver mapped a buffer: old IOVAs no longer map
         self.iova = self._iova_domain()
         self._stale = Taken()
+        self._placer: RandomPlacer | None = None     # a cma or stale device's own placer
         self.place()
 
     # ------------------------------------------------------------ placement
@@ -93,32 +94,61 @@ class DmaEngine:
 
     def alloc(self, size: int, align: int = PAGE) -> Buffer:
         """`size` bytes where this device's buffers can be (see Placement), mapped for DMA."""
-        return self.map(self.alloc_phys(size, align), size)
+        return self.alloc_many([size], align)[0]
 
-    def map(self, phys: int, size: int) -> Buffer:
-        """dma_map: the address the device will use for [phys, phys+size)."""
-        return Buffer(phys, self.iova.map(phys, size) if self.iova is not None else phys, size)
+    def alloc_many(self, sizes: list[int], align: int = PAGE) -> list[Buffer]:
+        """`alloc` of each of `sizes` in turn: the same draws, addresses and IOVAs."""
+        phys = self._place_phys(sizes, align)
+        bufs = self.map_many(phys, sizes[:len(phys)])      # as one at a time: the ones placed are mapped
+        if len(phys) < len(sizes):
+            self._no_room(sizes[len(phys)])
+        return bufs
 
-    def alloc_phys(self, size: int, align: int) -> int:
+    def map_many(self, phys: list[int], sizes: list[int]) -> list[Buffer]:
+        """dma_map of each [phys, phys+size): the addresses the device will use."""
+        iovas = self.iova.map_many(phys, sizes) if self.iova is not None else phys
+        return [Buffer(p, a, s) for p, a, s in zip(phys, iovas, sizes)]
+
+    def alloc_phys_many(self, size: int, align: int, count: int) -> list[int]:
+        """`count` unmapped buffers of `size` (a driver carves its own slices from them)."""
+        phys = self._place_phys([size] * count, align)
+        if len(phys) < count:
+            self._no_room(size)
+        return phys
+
+    def _place_phys(self, sizes: list[int], align: int) -> list[int]:
+        """Physical addresses for `sizes`, in turn; short if one found no room."""
         m, p = self.run.machine, self.spec.placement
-        limit = 1 << self.spec.dma_bits
         if p.mode in ("allocator", "range", "wild", "given"):
-            lo, hi = (p.start, p.end) if p.mode == "range" else (0, limit)
-            addr = m.allocator.alloc(self.rng, size, align, lo, min(hi, limit), self.node)
-            where = "the first kernel's free memory" + (f" in {lo:#x}-{hi:#x}" if p.mode == "range" else "")
+            lo, hi = self._window()
+            return m.allocator.alloc_many(self.rng, sizes, align, lo, hi, self.node)
+        if self._placer is None:
+            if p.mode == "cma":
+                assert m.cma is not None
+                self._placer = RandomPlacer([m.cma], m.taken)
+            else:   # stale: programmed before this kernel's allocator existed; anywhere in RAM, page aligned
+                limit = 1 << self.spec.dma_bits
+                space = [(max(s, p.start), min(e, p.end, limit)) for s, e in m.ram_ranges]
+                self._placer = RandomPlacer(space, self._stale)
+        return self._placer.place_many(self.rng, sizes, align if p.mode == "cma" else PAGE)
+
+    def _window(self) -> tuple[int, int]:
+        """[lo, hi) the allocator may use: the DMA mask, and the placement's range."""
+        p, limit = self.spec.placement, 1 << self.spec.dma_bits
+        lo, hi = (p.start, p.end) if p.mode == "range" else (0, limit)
+        return lo, min(hi, limit)
+
+    def _no_room(self, size: int) -> NoReturn:
+        p = self.spec.placement
+        if p.mode in ("allocator", "range", "wild", "given"):
+            where = "the first kernel's free memory" + (f" in {p.start:#x}-{p.end:#x}" if p.mode == "range" else "")
         elif p.mode == "cma":
-            assert m.cma is not None
-            addr = RandomPlacer([m.cma], m.taken).place(self.rng, size, align)
             where = "the CMA area"
-        else:   # stale: programmed before this kernel's allocator existed; anywhere in RAM, page aligned
-            space = [(max(s, p.start), min(e, p.end, limit)) for s, e in m.ram_ranges]
-            addr = RandomPlacer(space, self._stale).place(self.rng, size, PAGE)
+        else:
             where = f"System RAM in {p.start:#x}-{p.end:#x}"
-        if addr is None:
-            hint = (" (the reservation, the kernel and the low 1 MiB are not the allocator's; use mode: stale "
-                    "for a device programmed before the reservation existed)") if p.mode == "range" else ""
-            raise LayoutError(f"{self.field}.placement", f"no room for a {size}-byte DMA buffer in {where}{hint}")
-        return addr
+        hint = (" (the reservation, the kernel and the low 1 MiB are not the allocator's; use mode: stale "
+                "for a device programmed before the reservation existed)") if p.mode == "range" else ""
+        raise LayoutError(f"{self.field}.placement", f"no room for a {size}-byte DMA buffer in {where}{hint}")
 
     def given_addresses(self, size: int) -> list[int]:
         """Placement `given`: the measured buffer addresses, each checked to be
@@ -155,10 +185,12 @@ class DmaEngine:
                 raise LayoutError(f"{self.field}.placement.rings", f"{len(rings)} ring addresses for {count} rings")
             for a in rings:
                 self.run.machine.taken.add(a, a + size)
-            return [self.map(a, size) for a in rings]
-        return [self.alloc(size) for _ in range(count)]
+            return self.map_many(list(rings), [size] * len(rings))
+        return self.alloc_many([size] * count)
 
     def trace_mapped(self) -> None:
+        if not self.run.trace.enabled:
+            return             # a sweep's run keeps no trace: no lowest/highest over thousands of buffers
         bufs = self.buffers + self.rings
         self.run.trace(self.run.env.now, self.name, "dma_buffers_mapped", device_kind=self.kind,
                        buffers=len(self.buffers), placement=self.spec.placement.mode,

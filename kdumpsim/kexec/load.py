@@ -192,7 +192,10 @@ def _layout_2004(machine: Machine) -> KexecImage:
         memsz = align_up(len(data), D.PAGE_SIZE)
         if low.alloc(memsz, D.PAGE_SIZE, lo=dest, hi=dest + memsz) != dest:
             _too_small(machine, name, memsz)
-        pages = [_grab_page(machine, pool, rng) for _ in range(memsz // D.PAGE_SIZE)]
+        n = memsz // D.PAGE_SIZE      # free first-kernel pages, 'wherever it can grab a page frame' (paper 2.3)
+        pages = pool.place_many(rng, [D.PAGE_SIZE] * n, D.PAGE_SIZE)
+        if len(pages) < n:
+            _too_small(machine, "first-kernel RAM", D.PAGE_SIZE)
         segs.append(Segment(name, dest, memsz, data, hashed=False, sources=pages))
 
     ksize = cfg.kexec.capture_kernel_size
@@ -204,14 +207,6 @@ def _layout_2004(machine: Machine) -> KexecImage:
     add("params", _params_segment(cmdline), 0x90000)   # the real-mode zero page, where setup.S wants it
     segs.sort(key=lambda s: s.start)
     return KexecImage(segs, cmdline, 1 * MiB, None, 0, (0, D.BACKUP_SIZE_2004), res.start, None, [])
-
-
-def _grab_page(machine: Machine, pool: RandomPlacer, rng: random.Random) -> int:
-    """A free page of the first kernel, 'wherever it can grab a page frame' (paper 2.3)."""
-    addr = pool.place(rng, D.PAGE_SIZE, D.PAGE_SIZE)
-    if addr is None:
-        _too_small(machine, "first-kernel RAM", D.PAGE_SIZE)
-    return addr
 
 
 def _too_small(machine: Machine, what: str, need: int) -> NoReturn:

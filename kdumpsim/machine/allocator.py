@@ -42,12 +42,31 @@ class PageAllocator:
     def alloc(self, rng: random.Random, size: int, align: int, lo: int = 0, hi: int = 1 << 64,
               node: int | None = None) -> int | None:
         """A free, aligned run of `size` bytes in [lo, hi), on `node` first; None if none is left."""
-        for where in ((node, None) if node is not None else (None,)):
-            key = (lo, hi, where)
-            placer = self._placers.get(key)
-            if placer is None:
-                placer = self._placers[key] = RandomPlacer(self.space(lo, hi, where), self.m.taken)
-            addr = placer.place(rng, size, align)
-            if addr is not None:
-                return addr
-        return None
+        got = self.alloc_many(rng, [size], align, lo, hi, node)
+        return got[0] if got else None
+
+    def alloc_many(self, rng: random.Random, sizes: list[int], align: int, lo: int = 0, hi: int = 1 << 64,
+                   node: int | None = None) -> list[int]:
+        """`alloc` for each of `sizes` in turn, the same draws in the same order;
+        stops at the first that finds no room (a short answer)."""
+        placers = [self._placer(lo, hi, where) for where in ((node, None) if node is not None else (None,))]
+        out: list[int] = []
+        while len(out) < len(sizes):
+            out += placers[0].place_many(rng, sizes[len(out):] if out else sizes, align)
+            if len(out) == len(sizes):
+                break
+            for other in placers[1:]:        # the node had no room for this one: the other nodes
+                got = other.place_many(rng, [sizes[len(out)]], align)
+                if got:
+                    out += got
+                    break
+            else:
+                break
+        return out
+
+    def _placer(self, lo: int, hi: int, node: int | None) -> RandomPlacer:
+        key = (lo, hi, node)
+        placer = self._placers.get(key)
+        if placer is None:
+            placer = self._placers[key] = RandomPlacer(self.space(lo, hi, node), self.m.taken)
+        return placer

@@ -20,18 +20,36 @@ class IovaDomain:
         self.reserved = sorted(reserved)
         self.top = (limit - in_use) // PAGE * PAGE       # other live mappings of the device sit above
 
-    def map(self, phys: int, size: int) -> int:
-        """The DMA address of [phys, phys+size): a fresh IOVA run, top-down."""
-        offset = phys % PAGE
-        pages = -(-(offset + size) // PAGE)
-        span = (1 << (pages - 1).bit_length()) * PAGE         # size-aligned: align_mask <<= fls(size - 1)
-        start = (self.top - span) // span * span
-        while True:
-            hit = next(((s, e) for s, e in self.reserved if s < start + span and start < e), None)
-            if hit is None:
-                break
-            start = (hit[0] - span) // span * span
-        if start < PAGE:
-            raise ValueError("IOVA space below 4 GiB exhausted")
-        self.top = start
-        return start + offset
+    def map_many(self, phys: list[int], sizes: list[int]) -> list[int]:
+        """The DMA address of each [phys, phys+size) in turn: a fresh IOVA run, top-down."""
+        out: list[int] = []
+        top = self.top
+        clear = self._clear_from(top)
+        for p, size in zip(phys, sizes):
+            offset = p % PAGE
+            n = offset + size
+            if 0 < n <= PAGE:
+                span = PAGE
+                start = top - PAGE              # `top` is page aligned
+            else:
+                span = (1 << ((n - 1) // PAGE).bit_length()) * PAGE   # size-aligned: align_mask <<= fls(size - 1)
+                start = (top - span) // span * span
+            if start < clear:                   # a reserved window may be in the way
+                while True:
+                    hit = next(((s, e) for s, e in self.reserved if s < start + span and start < e), None)
+                    if hit is None:
+                        break
+                    start = (hit[0] - span) // span * span
+                clear = self._clear_from(start)
+            if start < PAGE:
+                self.top = top
+                raise ValueError("IOVA space below 4 GiB exhausted")
+            top = start
+            out.append(start + offset)
+        self.top = top
+        return out
+
+    def _clear_from(self, top: int) -> int:
+        """Runs below `top` that start at or above this overlap no reserved window
+        (the highest end of a window starting below `top`)."""
+        return max((e for s, e in self.reserved if s < top), default=0)

@@ -82,6 +82,18 @@ class Taken:
         self.starts.insert(i, start)
         self.ends.insert(i, end)
 
+    def add_many(self, ranges: dict[int, int]) -> None:
+        """Add {start: end} ranges that overlap nothing taken nor each other:
+        one sort instead of an insert each (the lists end up as `add` leaves them)."""
+        end_of = dict(zip(self.starts, self.ends))
+        if len(ranges) < 8 or len(end_of) < len(self.starts):    # equal starts (zero-size ranges): add's order
+            for s, e in ranges.items():
+                self.add(s, e)
+            return
+        end_of.update(ranges)
+        self.starts[:] = sorted(end_of)
+        self.ends[:] = [end_of[s] for s in self.starts]
+
 
 class RandomPlacer:
     """Uniformly random, non-overlapping placements in a fixed set of ranges:
@@ -93,35 +105,72 @@ class RandomPlacer:
     def __init__(self, ranges: list[tuple[int, int]], taken: Taken):
         self.ranges = [(s, e) for s, e in sorted(ranges) if e > s]
         self.taken = taken
-        self._slots: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        self._slots: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
 
-    def _slot_table(self, size: int, align: int) -> tuple[list[int], list[int]]:
-        """Per range: the first aligned start, and the running count of slots."""
+    def _slot_table(self, size: int, align: int) -> tuple[list[int], list[int], int]:
+        """Per range: the running count of slots, and the address of slot k of
+        the range being `base + k * align`; then the count of all slots."""
         key = (size, align)
         if key not in self._slots:
-            firsts, cum, total = [], [], 0
+            cum, bases, total = [], [], 0
             for s, e in self.ranges:
                 first = align_up(s, align)
+                bases.append(first - total * align)
                 total += max(0, (e - size - first) // align + 1) if e - size >= first else 0
-                firsts.append(first)
                 cum.append(total)
-            self._slots[key] = (firsts, cum)
+            self._slots[key] = (cum, bases, total)
         return self._slots[key]
 
     def place(self, rng: random.Random, size: int, align: int, tries: int = 64) -> int | None:
-        firsts, cum = self._slot_table(size, align)
-        total = cum[-1] if cum else 0
-        for _ in range(tries if total else 0):
-            k = rng._randbelow(total)  # type: ignore[attr-defined]  # = rng.randrange(total) (3.11), unchecked
-            i = bisect.bisect_right(cum, k)
-            addr = firsts[i] + (k - (cum[i - 1] if i else 0)) * align
-            if self.taken.free(addr, addr + size):
-                self.taken.add(addr, addr + size)
-                return addr
-        fit = self._first_fit(size, align) if total else None    # crowded: look through the gaps
-        if fit is not None:
-            self.taken.add(fit, fit + size)
-        return fit
+        got = self.place_many(rng, [size], align, tries)
+        return got[0] if got else None
+
+    def place_many(self, rng: random.Random, sizes: list[int], align: int, tries: int = 64) -> list[int]:
+        """Place `sizes` one after the other: per buffer up to `tries` uniform
+        picks, each retried on a collision, then the first fit. Stops at the
+        first buffer that finds no room, so a short answer means
+        sizes[len(answer)] did not fit (its draws made, as one `place` makes them)."""
+        taken = self.taken
+        starts, ends = taken.starts, taken.ends
+        tables = {s: self._slot_table(s, align) for s in set(sizes)}
+        getrandbits, bisect_right = rng.getrandbits, bisect.bisect_right
+        # Aligned picks no bigger than `align` overlap only when equal: this call's picks
+        # are checked in a dict and merged into `taken` once, instead of an insert each.
+        defer = 0 < min(sizes, default=1) and max(sizes, default=0) <= align
+        new: dict[int, int] = {}
+        out: list[int] = []
+        for size in sizes:
+            cum, bases, total = tables[size]
+            bits = total.bit_length()
+            for _ in range(tries if total else 0):
+                k = getrandbits(bits)              # rng.randrange(total): random.Random's _randbelow, inline
+                while k >= total:
+                    k = getrandbits(bits)
+                i = bisect_right(cum, k)
+                addr = bases[i] + k * align
+                end = addr + size
+                j = bisect_right(starts, addr)        # Taken.free, inline
+                if (j and ends[j - 1] > addr) or (j < len(starts) and starts[j] < end) or addr in new:
+                    continue
+                if defer:
+                    new[addr] = end
+                else:
+                    starts.insert(j, addr)
+                    ends.insert(j, end)
+                out.append(addr)
+                break
+            else:
+                if new:                                # the first fit looks at everything taken
+                    taken.add_many(new)
+                    new.clear()
+                fit = self._first_fit(size, align) if total else None    # crowded: look through the gaps
+                if fit is None:
+                    break
+                taken.add(fit, fit + size)
+                out.append(fit)
+        if new:
+            taken.add_many(new)
+        return out
 
     def _first_fit(self, size: int, align: int) -> int | None:
         """The lowest aligned gap between taken runs where `size` fits."""
