@@ -77,10 +77,8 @@ def where_time_goes(cfg, trace: bool = True) -> list[tuple[str, float]]:
             key = "sha256 of the segments (real bytes)"
         elif "simpy" in path:
             key = "SimPy scheduling"
-        elif name in ("getrandbits", "randbytes", "<method 'randbytes' of '_random.Random' objects>") \
-                or "getrandbits" in name or "randbytes" in name:
-            key = "generating DMA payload bytes"
-        elif name in ("<method 'to_bytes' of 'int' objects>",) or "to_bytes" in name:
+        elif "random_raw" in name or "getrandbits" in name or "randbytes" in name or "to_bytes" in name \
+                or (path.endswith("dma.py") and name == "__call__"):      # PayloadStream
             key = "generating DMA payload bytes"
         elif path.endswith("ram.py"):
             key = "simulated RAM (per-page write deltas, reads)"

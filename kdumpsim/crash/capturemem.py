@@ -191,6 +191,7 @@ class CaptureMemory:
     hits: dict[str, int] = field(default_factory=dict)      # bytes DMA wrote into each kind while in use
     oom: str | None = None
     kernel_at: int = 0
+    _bounds: tuple[int, int] = field(init=False, default=(0, 0))    # lowest/highest capture RAM: on_dma's first test
 
     def __post_init__(self) -> None:
         m = self.run.machine
@@ -198,6 +199,8 @@ class CaptureMemory:
         # a crashkernel=,cma area is capture-kernel RAM too (crash_setup_memmap_entries,
         # docs/SOURCES.md §11): its pages are handed out like the reservation's
         self.ram = sorted(self.spans + ([m.cma] if m.cma else []))
+        if self.ram:
+            self._bounds = (self.ram[0][0], self.ram[-1][1])
         self.free = FreeRanges(list(self.ram))
         for seg in self.run.image.segments:      # in use until consumed (purgatory: done at the jump)
             if seg.name != "purgatory":
@@ -338,7 +341,9 @@ class CaptureMemory:
 
     def on_dma(self, addr: int, size: int, time: int, actor: str) -> None:
         """A device wrote [addr, addr+size) at `time` (the write path calls this)."""
-        if time < self.jump or not any(s < addr + size and addr < e for s, e in self.ram):
+        lo, hi = self._bounds
+        if time < self.jump or addr + size <= lo or addr >= hi \
+                or not any(s < addr + size and addr < e for s, e in self.ram):
             return
         for kind, n in self.kind_at(addr, size, time):
             first = kind not in self.hits

@@ -24,7 +24,7 @@ import simpy
 
 from kdumpsim import defaults as D
 from kdumpsim.config.model import CyclicDma, NicRxRing, StorageController, VirtioNet
-from kdumpsim.crash.dma import PAGE, Buffer, DmaEngine, payload
+from kdumpsim.crash.dma import PAGE, Buffer, DmaEngine
 from kdumpsim.errors import LayoutError
 from kdumpsim.machine.ranges import align_up
 from kdumpsim.units import NS_PER_S, parse_duration
@@ -92,7 +92,7 @@ class RxNic(DmaEngine):
             q, slot = queues.next()
             if slot is None:
                 continue            # that queue has no buffer left: the NIC drops the packet
-            yield from self.write(self.queue_buffers[q][slot], 0, payload(self.rng, size))
+            yield from self.write(self.queue_buffers[q][slot], 0, self.payload(size))
             yield from self.report(q, slot, size)
 
     def report(self, queue: int, slot: int, size: int) -> Generator:
@@ -223,7 +223,7 @@ class NvmeController(DmaEngine):
         while True:
             chunk = self.rng.choice(self.hmb)
             off = self.rng.randrange(0, chunk.size - D.NVME_HMB_WRITE + 1, D.NVME_HMB_WRITE)
-            yield from self.write(chunk, off, payload(self.rng, D.NVME_HMB_WRITE))
+            yield from self.write(chunk, off, self.payload(D.NVME_HMB_WRITE))
             yield env.timeout(period)
 
     def _commands(self) -> Generator:
@@ -232,7 +232,7 @@ class NvmeController(DmaEngine):
             for cmd, when in enumerate(self._completions()):
                 yield env.timeout(max(0, when - env.now))
                 for page in self.commands[cmd]:
-                    yield from self.write(page, 0, payload(self.rng, page.size))
+                    yield from self.write(page, 0, self.payload(page.size))
                 q = cmd % self.spec.queues
                 slot, self.cq_head[q] = self.cq_head[q], (self.cq_head[q] + 1) % 1024
                 cqe = struct.pack("<IIHHHH", 0, 0, 0, q + 1, cmd & 0xFFFF, 1)    # DW2: sq head/id, DW3: cid, status P=1
@@ -255,7 +255,7 @@ class CyclicEngine(DmaEngine):
         chunk = min(s.chunk, buf.size)
         while True:
             n = min(chunk, buf.size - offset)
-            yield from self.write(buf, offset, payload(self.rng, n))
+            yield from self.write(buf, offset, self.payload(n))
             offset = (offset + n) % buf.size
             yield self.run.env.timeout(s.period)
 

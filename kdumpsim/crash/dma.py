@@ -17,17 +17,18 @@ or gives the device fresh tables (the write faults).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+import numpy as np
 import simpy
 
 from kdumpsim import defaults as D
 from kdumpsim.config.model import DeviceBase
 from kdumpsim.errors import LayoutError
 from kdumpsim.machine.iova import IovaDomain
+from kdumpsim.machine.layout import derive_seed
 from kdumpsim.machine.ranges import RandomPlacer, Taken, align_up
 from kdumpsim.units import transfer_ns
 
@@ -62,6 +63,7 @@ class DmaEngine:
         self.run, self.index, self.spec = run, index, spec
         self.name = spec.name
         self.rng = run.machine.rng("device", index)        # by position: a rename changes nothing
+        self.payload = PayloadStream(run.machine.seed, index)
         self.field = f"devices.{index}"
         self.node = run.machine.topology.bus_node(spec.bus)
         self.buffers: list[Buffer] = []
@@ -75,6 +77,7 @@ class DmaEngine:
         self.iova = self._iova_domain()
         self._stale = Taken()
         self._placer: RandomPlacer | None = None     # a cma or stale device's own placer
+        self._bus: dict[tuple[int, int], int] = {}    # (memory node, bytes) -> ns on the bus (_bus_ns)
         self.place()
 
     # ------------------------------------------------------------ placement
@@ -233,31 +236,40 @@ class DmaEngine:
     def write(self, buf: Buffer, offset: int, data: bytes) -> Generator:
         """Move `data` over the device's bus path, then land it where the
         translation in force at that moment says."""
-        run, m = self.run, self.run.machine
+        run, m, n = self.run, self.run.machine, len(data)
         self.attempts += 1
         if self.attempts > MAX_WRITES:
             raise LayoutError(self.field, f"more than {MAX_WRITES} DMA writes in one run: the device's rate "
                               "(packet_rate, period, chunk) is finer than a run can simulate; coarsen it")
-        route = m.topology.route(self.name, f"mem{m.node_of(buf.phys + offset)}")
-        yield run.env.timeout(route.latency + transfer_ns(len(data), route.bandwidth))
+        yield run.env.timeout(self._bus_ns(m.node_of(buf.phys + offset), n))
         addr = self._target(buf, offset)
         if addr is None:
             self.blocked += 1
-            run.trace(run.env.now, self.name, "dma_fault", iova=buf.iova + offset, bytes=len(data))
+            run.trace(run.env.now, self.name, "dma_fault", iova=buf.iova + offset, bytes=n)
             return
-        if not m.memory.is_ram(addr, len(data)):
+        if not m.memory.is_ram(addr, n):
             self.nowhere += 1
-            run.trace(run.env.now, self.name, "dma_to_nowhere", addr=addr, bytes=len(data))
+            run.trace(run.env.now, self.name, "dma_to_nowhere", addr=addr, bytes=n)
             return
         m.memory.write(addr, data, run.env.now, self.name)
         if run.capture_mem is not None:      # what the capture kernel uses that page for now
-            run.capture_mem.on_dma(addr, len(data), run.env.now, self.name)
+            run.capture_mem.on_dma(addr, n, run.env.now, self.name)
         self.writes += 1
-        self.bytes_written += len(data)
+        self.bytes_written += n
         if run.trace.enabled:          # a sweep keeps no trace: no per-write event to build
-            hits = run.regions_of(addr, len(data))
-            run.trace(run.env.now, self.name, "dma_write", addr=addr, bytes=len(data), region=hits[0][0],
+            hits = run.regions_of(addr, n)
+            run.trace(run.env.now, self.name, "dma_write", addr=addr, bytes=n, region=hits[0][0],
                       **({"regions": [r for r, _ in hits]} if len(hits) > 1 else {}))
+
+    def _bus_ns(self, node: int, n: int) -> int:
+        """Latency of the path to memory node `node` plus the transfer of `n`
+        bytes at its narrowest link (the routes are fixed: remembered)."""
+        key = (node, n)
+        ns = self._bus.get(key)
+        if ns is None:
+            route = self.run.machine.topology.route(self.name, f"mem{node}")
+            ns = self._bus[key] = route.latency + transfer_ns(n, route.bandwidth)
+        return ns
 
     def _target(self, buf: Buffer, offset: int) -> int | None:
         """Physical address of the write, or None when the IOMMU blocks it."""
@@ -286,6 +298,16 @@ class DmaEngine:
         return space[-1][0]
 
 
-def payload(rng: random.Random, n: int) -> bytes:
-    """What a device writes: bytes nobody could predict (packet data, disk blocks)."""
-    return rng.getrandbits(n * 8).to_bytes(n, "little")      # rng.randbytes(n), without its frame
+class PayloadStream:
+    """What a device writes: bytes nobody could predict (packet data, disk
+    blocks), from the device's own stream, apart from the draws that decide
+    when and where it writes. A counter-based generator (numpy's PCG64)
+    makes them several times faster than random.getrandbits, and the bytes
+    of one write never shift another decision."""
+
+    def __init__(self, seed: int, index: int):
+        self._bits = np.random.PCG64(derive_seed(seed, "payload", index))
+
+    def __call__(self, n: int) -> bytes:
+        raw = self._bits.random_raw((n + 7) >> 3).tobytes()
+        return raw if not n & 7 else raw[:n]

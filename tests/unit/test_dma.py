@@ -211,3 +211,17 @@ def test_a_write_is_credited_to_every_region_it_overlaps(small_modern):
     assert sum(sum(d.values()) for d in hits.values()) == 128 * 1024
     assert run.outcome == "cpu_state_missing"
     assert set(run.metrics["cpus_missing_why"].values()) == {"note_overwritten"}
+
+
+def test_payload_bytes_do_not_shift_the_devices_decisions(small_modern):
+    """A device's payload comes from its own stream: a run with larger packets
+    has the same packets (arrival times, buffers) as one with small ones, so a
+    sweep over packet size compares like with like."""
+    def writes(size: int):
+        dev = _dev("nic_rx_ring", packet_rate=20_000, packet_size=size, queues=4, duration="20ms")
+        run = simulate(small_modern(_devices(dev)), 7, trace=False)
+        return _writes(run, "d0")
+    small = [w.addr for w in writes(64) if w.length == 64]
+    large = [w.addr for w in writes(1400) if w.length == 1400]
+    n = min(len(small), len(large))      # the window ends at 20 ms: larger packets take longer
+    assert n > 100 and small[:n] == large[:n]
