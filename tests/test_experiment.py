@@ -481,3 +481,13 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--scheduler: needs --executor dask" in capsys.readouterr().err
     assert main(["experiment", str(SMALL), "--workers", "0"]) == 2
     assert "--workers: must be at least 1" in capsys.readouterr().err
+
+
+def test_the_dask_worker_settings_are_real_dask_keys() -> None:
+    """A misspelt key would be accepted by dask.config.set and do nothing."""
+    import dask
+    import distributed  # noqa: F401 - loads distributed's defaults into dask.config
+
+    from kdumpsim.sweep.executors import WORKER_CONFIG
+    for key in WORKER_CONFIG:
+        assert dask.config.get(key, default=KeyError) is not KeyError, key

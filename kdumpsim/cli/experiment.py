@@ -36,7 +36,8 @@ def register(sub: Any) -> None:
                          "dask starts a LocalCluster")
     sp.add_argument("--resume", action="store_true",
                     help="continue an interrupted run in DIR: run only the runs missing from DIR/parts")
-    sp.add_argument("--chunk-size", type=int, metavar="N", help="runs per task (default: about 10 chunks per worker)")
+    sp.add_argument("--chunk-size", type=int, metavar="N",
+                    help="runs per task (default: about 40 chunks per worker, at most 25 runs)")
     sp.add_argument("--dry-run", action="store_true", help="validate every point, print the plan, run nothing")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_experiment)

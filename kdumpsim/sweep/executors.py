@@ -155,17 +155,20 @@ def make_chunks(runs: list[RunSpec], models: Callable[[int], ModelConfig], size:
 
 
 def chunk_size(n_runs: int, workers: int) -> int:
-    """About ten chunks per worker, at most 25 runs each (results are saved per chunk).
-    Measured (issue #19): saving a chunk's Parquet part costs the parent ~5 ms
-    whatever its size, and sending a chunk ~1 ms, against ~2 s of simulation
-    in 25 dma_sweep runs: smaller chunks cost nothing measurable and balance
-    the workers' load and the progress bar better than larger ones."""
-    return max(1, min(25, n_runs // max(1, workers * 10)))
+    """About forty chunks per worker, at most 25 runs each (results are saved
+    per chunk). Measured (issue #19): saving a chunk's Parquet part costs the
+    parent ~5 ms whatever its size, sending one ~1 ms, against ~1 s of
+    simulation in 25 dma_sweep runs; what costs is the last chunks' tail
+    when one worker finishes before the other. dma_sweep with 648 runs on 2
+    workers simulated at 1.82x one worker in chunks of 25, 1.88x in 8 and
+    1.93x in 4."""
+    return max(1, min(25, n_runs // max(1, workers * 40)))
 
 
 # ---------------------------------------------------------------- executors
 class Executor:
     """Runs `fn` over items, yielding results as they complete."""
+    workers = 1
     name = "executor"
     workers = 1
     scheduler: str | None = None     # a Dask scheduler address
@@ -249,6 +252,19 @@ class LocalExecutor(Executor):
 RESULT_TIMEOUT = 60       # s to fetch a finished chunk's rows from its worker
 
 
+# A worker runs one CPU-bound chunk at a time: its statistical profiler (a
+# stack sample every 10 ms) and its event loop's 20 ms ticks only take the
+# GIL from the simulation. Measured (issue #19, 648 dma_sweep runs, 2 workers
+# on 2 cores): 40.0 -> 44.4 runs/s. The README gives the same settings as
+# environment variables for workers started by hand (`dask worker`).
+WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "5s",
+}
+
+
 class DaskExecutor(Executor):
     """A dask.distributed cluster: the one at `scheduler` (an address such as
     tcp://127.0.0.1:8786, or a scheduler file), else a LocalCluster of
@@ -268,8 +284,10 @@ class DaskExecutor(Executor):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             if scheduler is None:
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
+                import dask
+                with dask.config.set(WORKER_CONFIG):
+                    self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                dashboard_address=None)
                 self.client = Client(self.cluster)
             elif Path(scheduler).is_file():
                 self.client = Client(scheduler_address(scheduler), timeout="20s")

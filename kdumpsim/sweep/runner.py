@@ -172,15 +172,16 @@ def _run_locked(exp: Experiment, out: Path, opts: Options) -> SweepResult:
     vmcore_dir = str((out / "vmcores").resolve()) if exp.spec.vmcores == "first" else None
     t0 = time.monotonic()
     if todo:
-        size = opts.chunk_size or chunk_size(len(todo), opts.workers)
         analyse_dir = str((out / "scratch").resolve()) if exp.spec.analyse else None
-        chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir, analyse_dir)
         try:
             executor = make_executor(opts.executor, opts.workers, opts.scheduler)
         except ConfigError as e:
             raise ConfigError(e.source, e.field, f"{e.message} ({_saved_text(exp, store, len(done), total)})") \
                 from None
         with executor as ex:
+            # chunks for the workers there are (a Dask cluster's own count, not this machine's cores)
+            size = opts.chunk_size or chunk_size(len(todo), ex.workers)
+            chunks = make_chunks(todo, exp.model_for, size, exp.spec.seed, vmcore_dir, analyse_dir)
             manifest["executor"] = _executor_text(ex)
             _run_chunks(exp, store, ex, chunks, total, len(done), opts.progress)
     return _finish(exp, out, store, manifest, len(todo), time.monotonic() - t0)
