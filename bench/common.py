@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,15 +39,15 @@ def best_of(n: int, fn) -> float:
 
 
 def child(argv: list[str]) -> tuple[float, int]:
-    """Run a command; (wall seconds, peak RSS bytes of that child alone)."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(argv)}")
-    return wall, usage.ru_maxrss * 1024
-
-
-def rss_self() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Run a Python command ([PY, "-m"|"-c", ...]); (wall seconds, peak RSS bytes of
+    that child alone, as hwm.py reads it: ru_maxrss would carry this process's peak over)."""
+    assert argv[0] == PY and argv[1] in ("-m", "-c"), argv
+    with tempfile.NamedTemporaryFile(prefix="kdumpsim-hwm-") as hwm:
+        env = {**os.environ, "KDUMPSIM_HWM": hwm.name}
+        t = time.perf_counter()
+        proc = subprocess.run([PY, str(ROOT / "bench" / "hwm.py"), *argv[1:]], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, env=env)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark command failed: {' '.join(argv)}")
+        return wall, int(Path(hwm.name).read_text())
