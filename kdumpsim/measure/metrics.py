@@ -185,7 +185,7 @@ def _plain_unit(run: CrashRun, settled: bool, chunk: Any, offset: int, src: int,
     return 0
 
 
-COMPARE_ROWS = 2048     # pages compared per numpy batch (three 8 MiB arrays): memory does not grow with the dump
+COMPARE_ROWS = 512      # pages compared per numpy batch (three 2 MiB arrays): memory does not grow with the dump
 
 
 class _Units:

@@ -56,6 +56,16 @@ def test_batched_comparison_equals_the_per_page_one(name, monkeypatch) -> None:
     assert len(writers) == 2, "both devices damaged the dump: a comparison with teeth"
 
 
+@pytest.mark.parametrize("name", ["makedumpfile_d31", "dd"])
+def test_the_batch_size_does_not_change_the_answer(name, monkeypatch) -> None:
+    """Pages compared a few rows at a time (the batch edges fall inside the
+    dump's units) give what the default batches give."""
+    model, overrides, seed = CASES[name]
+    whole = _record(model, overrides, seed)
+    monkeypatch.setattr(metrics, "COMPARE_ROWS", 7)
+    assert _record(model, overrides, seed) == whole
+
+
 def test_the_cases_exercise_the_edges() -> None:
     """The cases above reach what the batched comparison must get right."""
     recs = {name: _record(*case) for name, case in CASES.items()}
