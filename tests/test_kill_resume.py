@@ -100,3 +100,17 @@ def test_killed_twice_then_resumed_equals_uninterrupted(how: str, whole: bytes, 
     assert proc.returncode == 0, err
     assert f"resuming: {second} of {RUNS} runs" in err
     assert (out / "results.parquet").read_bytes() == whole
+
+
+def _worker_signals(_: object) -> list[object]:
+    return [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)]
+
+
+def test_a_worker_ends_quietly_on_the_pools_sigterm() -> None:
+    """When one worker dies the pool SIGTERMs the rest: a worker forked while the
+    CLI's unwinding SIGTERM handler was set must not run it (it printed a traceback)."""
+    from kdumpsim.cli.main import _sigterm_unwinds
+    from kdumpsim.sweep.executors import LocalExecutor
+    with _sigterm_unwinds(), LocalExecutor(1) as ex:
+        term, intr = next(ex.map_unordered(_worker_signals, [None]))
+    assert term == signal.SIG_DFL and intr == signal.SIG_IGN

@@ -199,6 +199,9 @@ def _worker_init() -> None:
     # Ctrl-C reaches the whole process group: let the parent decide, so that a
     # worker does not die mid-chunk with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pool ends its other workers with SIGTERM when one dies; a forked worker
+    # would run the parent's handler (unwind like Ctrl-C) and print a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A parent killed outright (SIGKILL) cannot shut the pool down: its
     # workers would wait for work forever. Leave when the parent is gone.
     parent = os.getppid()
