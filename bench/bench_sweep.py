@@ -20,10 +20,9 @@ from pathlib import Path
 
 from common import PY, ROOT, machine
 
+from kdumpsim.sweep.executors import WORKER_ENV
+
 VENV_BIN = Path(PY).parent
-WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
-              "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
-              "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "5s"}
 REPLICATES = 2
 
 
