@@ -510,7 +510,7 @@ def test_the_readme_worker_command_sets_what_local_clusters_get() -> None:
     out = subprocess.run([sys.executable, "-c", probe], env={**env, **WORKER_ENV}, capture_output=True,
                          text=True, check=True).stdout
     got, spawn_env = json.loads(out)
-    assert got == {k: v for k, v in WORKER_CONFIG.items()}
+    assert got == WORKER_CONFIG
     assert "MALLOC_TRIM_THRESHOLD_" not in spawn_env
 
 
