@@ -114,16 +114,20 @@ def table(result: dict, predicted: dict, rows: list[Check] | None = None) -> str
 
 def compare(rundir: str | Path) -> tuple[bool, str, list[Check]]:
     """(all within tolerance, the side-by-side table, the checks) for RUNDIR."""
+    result, predicted = _load(rundir)
+    rows = checks(result, predicted)
+    return all(r.ok for r in rows), table(result, predicted, rows), rows
+
+
+def _load(rundir: str | Path) -> tuple[dict, dict]:
+    """RUNDIR's result.json and predicted.json; LabError naming the one missing."""
     rundir = Path(rundir)
     paths = {n: rundir / f"{n}.json" for n in ("result", "predicted")}
     for n, p in paths.items():
         if not p.is_file():
             how = "measure" if n == "result" else "predict"
             raise LabError(f"no {p.name} in {rundir} (run `python -m kdumpsim.lab {how} {rundir}` first)")
-    result = json.loads(paths["result"].read_text())
-    predicted = json.loads(paths["predicted"].read_text())
-    rows = checks(result, predicted)
-    return all(r.ok for r in rows), table(result, predicted, rows), rows
+    return json.loads(paths["result"].read_text()), json.loads(paths["predicted"].read_text())
 
 
 def summary_table(rundirs: list[Path]) -> str:
@@ -135,8 +139,7 @@ def summary_table(rundirs: list[Path]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines = []
     for d in rundirs:
-        result = json.loads((Path(d) / "result.json").read_text())
-        predicted = json.loads((Path(d) / "predicted.json").read_text())
+        result, predicted = _load(d)
         rows = checks(result, predicted)
         by = {r.figure: r for r in rows}
 

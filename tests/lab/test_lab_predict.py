@@ -160,6 +160,10 @@ def test_cli_predict_and_compare_exit_status(tmp_path, capsys):
     shutil.copytree(DATA / "virtio-net-virtio-disk", v)
     assert main(["lab", "compare", "--predict", str(v)]) == 1
     assert main(["lab", "compare", str(tmp_path / "missing")]) == 2
+    capsys.readouterr()
+    assert main(["lab", "compare", "--summary", str(rundir), str(tmp_path / "missing")]) == 2   # a run that failed
+    err = capsys.readouterr().err
+    assert err.startswith("lab: error: no result.json in ") and "Traceback" not in err
 
 
 def test_given_addresses_reproduce_the_measured_page_set(tmp_path):
