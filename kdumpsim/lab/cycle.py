@@ -54,7 +54,7 @@ def _iommu_state(qmp, serial, nic: str) -> dict:
 
 def run(scen: Scenario, rundir: Path, meta: dict | None = None, log=print) -> dict:
     meta = meta or setup.setup(verbose=False)
-    rundir = Path(rundir)
+    rundir = Path(rundir).resolve()      # QEMU runs in rundir: a relative path it is given would not be found
     rundir.mkdir(parents=True, exist_ok=True)
     for name in ("truth.elf", "final.elf", "disk.img", "qmp.sock"):
         (rundir / name).unlink(missing_ok=True)

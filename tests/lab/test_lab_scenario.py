@@ -39,3 +39,23 @@ def test_crashkernel_and_capture_append_reach_the_command_line() -> None:
 def test_bad_values_are_refused(data: dict, fragment: str) -> None:
     with pytest.raises(LabError, match=fragment.replace("[", r"\[")):
         scenario.from_dict({"name": "bad", **data})
+
+
+def test_a_relative_run_directory_gives_qemu_absolute_paths(tmp_path, monkeypatch):
+    """QEMU starts in the run directory: `lab run --out out/lab/x` could not find its QMP socket."""
+    from kdumpsim.lab import cycle
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def command_line(meta, scen, rundir, qmp_path, guest_port, host_port, disk):
+        seen.update(rundir=rundir, qmp=qmp_path, disk=disk)
+        raise Started
+    monkeypatch.setattr(qemu, "command_line", command_line)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Started):
+        cycle.run(scenario.from_dict({"name": "rel", "ram_mib": 128}), Path("out/run"), meta={"qemu_binary": "x"})
+    assert all(p.is_absolute() for p in seen.values()), seen
+    assert seen["rundir"] == tmp_path / "out" / "run"
