@@ -56,6 +56,6 @@ def test_a_relative_run_directory_gives_qemu_absolute_paths(tmp_path, monkeypatc
     monkeypatch.setattr(qemu, "command_line", command_line)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Started):
-        cycle.run(scenario.from_dict({"name": "rel", "ram_mib": 128}), Path("out/run"), meta={"qemu_binary": "x"})
+        cycle.run(scenario.from_dict({"name": "rel"}), Path("out/run"), meta={"qemu_binary": "x"})
     assert all(p.is_absolute() for p in seen.values()), seen
     assert seen["rundir"] == tmp_path / "out" / "run"
