@@ -155,11 +155,6 @@ class PhysicalMemory:
         self.apply_overlays(addr, words)
         return words.tobytes()
 
-    def base_pages(self, pfns: list[int]) -> list[bytes]:
-        """base_page of each of `pfns`, computed together (base_array)."""
-        raw = self.base_array(pfns).tobytes()
-        return [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(pfns))]
-
     def base_array(self, pfns: list[int]) -> np.ndarray:
         """base_page of each of `pfns` as the rows of one (len(pfns), PAGE_SIZE)
         uint8 array: one numpy pattern, each overlay once (`fill_pages(pfns,
